@@ -1,0 +1,69 @@
+import pytest
+
+from faasd_py.errors import InvalidRequest
+from faasd_py.types import (
+    DEFAULT_NAMESPACE,
+    FunctionDeployment,
+    FunctionStatus,
+    Secret,
+    cpu_millis,
+    memory_bytes,
+)
+
+
+def test_deployment_round_trips_faas_cli_body() -> None:
+    body = {
+        "service": "env-fn", "image": "ghcr.io/openfaas/alpine:latest", "namespace": "openfaas-fn",
+        "envProcess": "env", "envVars": {"A": "x=y=z", "B": "2"}, "constraints": ["c"], "secrets": ["s1"],
+        "labels": {"com.openfaas.scale.min": "1"}, "annotations": {"topic": '{"a": [1, 2]}' * 500},
+        "limits": {"memory": "128Mi", "cpu": "100m"}, "requests": {"memory": "64Mi"},
+        "readOnlyRootFilesystem": True,
+    }
+    dep = FunctionDeployment.from_json(body)
+    assert dep.to_json() == body
+    assert dep.memory_limit_bytes == 128 * 2**20
+    assert dep.cpu_limit_millis == 100
+
+
+def test_defaults_and_status_json() -> None:
+    dep = FunctionDeployment.from_json({"service": "fn1", "image": "alpine", "labels": None})
+    assert dep.namespace == DEFAULT_NAMESPACE
+    out = FunctionStatus(dep, replicas=1, available_replicas=1).to_json()
+    assert out["name"] == "fn1" and out["replicas"] == 1 and out["createdAt"] is None
+    assert "service" not in out
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {"image": "alpine"},
+        {"service": "Bad_Name", "image": "alpine"},
+        {"service": "a" * 64, "image": "alpine"},
+        {"service": "fn", "image": ""},
+        {"service": "fn", "image": "alpine", "namespace": "../etc"},
+        {"service": "fn", "image": "alpine", "envVars": {"A": 1}},
+        {"service": "fn", "image": "alpine", "limits": {"memory": "lots"}},
+        {"service": "fn", "image": "alpine", "secrets": ["../x"]},
+        {"service": "fn", "image": "alpine", "readOnlyRootFilesystem": "yes"},
+    ],
+)
+def test_invalid_deployments_are_rejected(body: object) -> None:
+    with pytest.raises(InvalidRequest):
+        FunctionDeployment.from_json(body)
+
+
+def test_quantities() -> None:
+    assert memory_bytes("1G") == 10**9
+    assert memory_bytes("1.5Gi") == int(1.5 * 2**30)
+    assert cpu_millis("0.5") == 500
+    assert cpu_millis("2") == 2000
+    with pytest.raises(InvalidRequest):
+        cpu_millis("0.0001")
+
+
+def test_secret_raw_value_wins() -> None:
+    s = Secret.from_json({"name": "s1", "value": "text", "rawValue": "AAEC"})
+    assert s.value == b"\x00\x01\x02"
+    with pytest.raises(InvalidRequest):
+        Secret.from_json({"name": "s1", "rawValue": "!!"})
