@@ -419,3 +419,28 @@ class ProviderInfo:
             "orchestration": self.orchestration,
             "version": {"release": self.release, "sha": self.sha},
         }
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds from a Go duration (``90s``, ``1m30s``, ``250ms``) or a plain number of seconds.
+
+    Watchdog timeouts, ``grace_period`` and the scale-to-zero labels all use Go's syntax.
+    """
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise InvalidRequest(f"invalid {what} {text!r}: expected a Go duration such as 90s or 20m")
+    return total

@@ -97,10 +97,17 @@ class Logs(Protocol):
 
 
 class Provider(Protocol):
-    functions: Functions
-    namespaces: Namespaces
-    secrets: Secrets
-    logs: Logs
+    @property
+    def functions(self) -> Functions: ...
+
+    @property
+    def namespaces(self) -> Namespaces: ...
+
+    @property
+    def secrets(self) -> Secrets: ...
+
+    @property
+    def logs(self) -> Logs: ...
 
     def info(self) -> ProviderInfo: ...
 

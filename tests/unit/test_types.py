@@ -67,3 +67,15 @@ def test_secret_raw_value_wins() -> None:
     assert s.value == b"\x00\x01\x02"
     with pytest.raises(InvalidRequest):
         Secret.from_json({"name": "s1", "rawValue": "!!"})
+
+
+def test_go_durations() -> None:
+    from faasd_py.types import parse_duration
+
+    assert parse_duration("90s") == 90
+    assert parse_duration("1m30s") == 90
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration("2") == 2
+    for bad in ("", "10x", "s", "1m junk"):
+        with pytest.raises(InvalidRequest):
+            parse_duration(bad)

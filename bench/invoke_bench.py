@@ -1,0 +1,188 @@
+"""Gateway overhead on the invocation hot path: direct vs through the gateway, on loopback.
+
+    .venv/bin/python -m bench.invoke_bench [--requests 2000] [--wrk-seconds 5]
+
+Starts three processes (an aiohttp "watchdog", the gateway over a static provider, and the
+client), measures sequential keep-alive latency (p50/p99) with http.client, then throughput with
+wrk if it is installed. Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BODY = b'{"hello": "world"}'
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run_upstream(port: int) -> None:
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.Response(body=body or b"hello", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def run_gateway(port: int, upstream_port: int, state_dir: str) -> None:
+    from aiohttp import web
+
+    from faasd_py.config import Settings
+    from faasd_py.gateway.app import build_app
+    from faasd_py.gateway.auth import Credentials
+    from faasd_py.provider.contract import Endpoint
+    from faasd_py.types import ProviderInfo
+
+    endpoint = Endpoint("127.0.0.1", upstream_port, "bench")
+
+    class StaticFunctions:
+        async def resolve(self, name: str, namespace: str) -> Endpoint:
+            return endpoint
+
+        def release(self, name: str, namespace: str, ep: Endpoint) -> None:
+            pass
+
+    class StaticProvider:
+        functions = StaticFunctions()
+        namespaces = secrets = logs = None
+
+        def info(self) -> ProviderInfo:
+            return ProviderInfo("faasd-py", "containerd", "bench", "")
+
+        def ready(self) -> bool:
+            return True
+
+    settings = Settings(state_dir=Path(state_dir))
+    creds = Credentials("admin", "bench")
+    app = build_app(StaticProvider(), settings, creds)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        from faasd_py.gateway.app import serve
+
+        import signal
+
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        runner = await serve(app, "127.0.0.1", port)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    del web
+    asyncio.run(main())
+
+
+def _wait_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def sequential(port: int, path: str, n: int) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    headers = {"Content-Type": "text/plain"}
+    for _ in range(200):  # warm-up: pools, caches
+        conn.request("POST", path, BODY, headers)
+        conn.getresponse().read()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("POST", path, BODY, headers)
+        r = conn.getresponse()
+        r.read()
+        out.append(time.perf_counter() - t0)
+        assert r.status == 200, r.status
+    conn.close()
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * p))] * 1000
+
+
+def wrk(port: int, path: str, seconds: int, connections: int) -> float:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", nargs="?", default="bench")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--wrk-seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("args", nargs="*")
+    a = parser.parse_args()
+    if a.role == "upstream":
+        run_upstream(int(a.args[0]))
+        return
+    if a.role == "gateway":
+        run_gateway(int(a.args[0]), int(a.args[1]), a.args[2])
+        return
+
+    up_port, gw_port = _free_port(), _free_port()
+    procs = []
+    with tempfile.TemporaryDirectory() as state:
+        try:
+            me = [sys.executable, "-m", "bench.invoke_bench"]
+            procs.append(subprocess.Popen([*me, "upstream", str(up_port)]))
+            procs.append(subprocess.Popen([*me, "gateway", str(gw_port), str(up_port), state]))
+            _wait_port(up_port)
+            _wait_port(gw_port)
+            gw_path = "/function/bench.openfaas-fn"
+            for round_ in range(2):
+                direct = sequential(up_port, "/", a.requests)
+                via = sequential(gw_port, gw_path, a.requests)
+                d50, d99, g50, g99 = pct(direct, .5), pct(direct, .99), pct(via, .5), pct(via, .99)
+                print(f"round {round_}: sequential {a.requests} POST  direct p50 {d50:.3f} ms p99 {d99:.3f} ms | "
+                      f"gateway p50 {g50:.3f} ms p99 {g99:.3f} ms | overhead p50 {g50 - d50:.3f} ms "
+                      f"(mean {1000 * (statistics.mean(via) - statistics.mean(direct)):.3f} ms)")
+            if shutil.which("wrk"):
+                rd = wrk(up_port, "/", a.wrk_seconds, a.connections)
+                rg = wrk(gw_port, gw_path, a.wrk_seconds, a.connections)
+                print(f"wrk -c{a.connections} GET: direct {rd:.0f} req/s | gateway {rg:.0f} req/s | "
+                      f"{100 * rg / rd:.0f} % of direct")
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(10)
+
+
+if __name__ == "__main__":
+    main()

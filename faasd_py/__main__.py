@@ -1,0 +1,3 @@
+from faasd_py.cli import main
+
+main()

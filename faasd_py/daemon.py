@@ -1,0 +1,138 @@
+"""``faasd-py up``: wire the layers together and run until SIGTERM.
+
+Start order matters: the API listens first (``/healthz`` answers 503 while restoring, so
+``faas-cli ready`` can wait on it), the containerd event stream starts before the restore so no
+exit is missed, and systemd hears READY=1 only once every function is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from faasd_py.config import Settings
+from faasd_py.credentials import ensure_credentials
+from faasd_py.errors import ContainerdUnavailable
+from faasd_py.gateway.app import build_app, serve
+from faasd_py.gateway.auth import Credentials
+from faasd_py.network.cni import FunctionNetwork
+from faasd_py.network.dns import SharedFiles
+from faasd_py.provider.functions import FunctionManager
+from faasd_py.provider.instances import Launcher
+from faasd_py.provider.log_collector import LogCollector
+from faasd_py.provider.logs import JournalLogs
+from faasd_py.provider.namespaces import NamespaceService
+from faasd_py.provider.secrets import SecretStore
+from faasd_py.provider.service import ContainerdProvider
+from faasd_py.runtime.client import ContainerdClient
+from faasd_py.runtime.images import ImageService
+from faasd_py.runtime.registry import RegistryClient
+
+log = logging.getLogger("faasd_py")
+
+
+def _notify(state: str) -> None:
+    """sd_notify, a no-op when not started by systemd (NOTIFY_SOCKET unset)."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    try:
+        from systemd import daemon
+
+        daemon.notify(state)
+    except (ImportError, OSError) as exc:  # pragma: no cover - depends on the host
+        log.warning("sd_notify(%s) failed: %s", state, exc)
+
+
+async def _watchdog_pings() -> None:
+    """Keep-alives from the event loop itself, so a wedged loop gets the daemon restarted."""
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    if usec <= 0:
+        return
+    while True:
+        _notify("WATCHDOG=1")
+        await asyncio.sleep(usec / 2e6)
+
+
+async def connect_containerd(settings: Settings, wait: float = 30.0) -> ContainerdClient:
+    """containerd may still be starting when we are (boot, or install.sh starting both)."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        client = ContainerdClient(settings.containerd_socket)
+        try:
+            await client.connect()
+            return client
+        except ContainerdUnavailable:
+            await client.close()
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    client: ContainerdClient
+    registry: RegistryClient
+    functions: FunctionManager
+    network: FunctionNetwork
+    logs: LogCollector
+    provider: ContainerdProvider
+    app: web.Application
+
+
+async def build(settings: Settings) -> Daemon:
+    for d in (settings.state_dir, settings.run_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    client = await connect_containerd(settings)
+    registry = RegistryClient(settings.registry, settings.docker_config_path)
+    images = ImageService(client.channel, registry, snapshotter=settings.snapshotter)
+    shared = SharedFiles(settings.state_dir / "network", settings.network)
+    shared.write()
+    network = FunctionNetwork(settings.network, settings.state_dir / "cni")
+    collector = LogCollector(settings.run_dir / "fifo", journald=settings.journald)
+    store = SecretStore(settings.state_dir / "function-secrets", settings.state_dir / "secret-mounts")
+    namespaces = NamespaceService(client)
+    launcher = Launcher(settings, client, network, collector, store, shared.hosts_path, shared.resolv_path)
+    functions = FunctionManager(settings, client, images, launcher, network, namespaces, store)
+    namespaces.set_occupants(
+        lambda ns: [f"function {n}" for n in functions.names(ns)] + [f"secret {s}" for s in store.names(ns)]
+    )
+    provider = ContainerdProvider(functions, namespaces, store, JournalLogs())
+    ensure_credentials(settings)
+    app = build_app(provider, settings, Credentials.load(settings))
+    return Daemon(settings, client, registry, functions, network, collector, provider, app)
+
+
+async def run(settings: Settings) -> None:
+    daemon = await build(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await serve(daemon.app, settings.host, settings.port)
+    log.info("gateway listening on %s:%d", settings.host, settings.port)
+    events = asyncio.create_task(daemon.functions.run_events())
+    pings = asyncio.create_task(_watchdog_pings())
+    try:
+        await daemon.functions.restore()
+        _notify("READY=1")
+        log.info("ready")
+        await stop.wait()
+        log.info("shutting down: draining in-flight requests; functions keep running")
+        _notify("STOPPING=1")
+    finally:
+        await runner.cleanup()
+        for task in (events, pings):
+            task.cancel()
+        await daemon.functions.close()
+        daemon.logs.close()
+        with contextlib.suppress(Exception):
+            await daemon.registry.close()
+        await daemon.client.close()
+

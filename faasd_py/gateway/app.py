@@ -1,0 +1,119 @@
+"""The gateway Application: one aiohttp app serving the OpenFaaS API, the portal and invocations.
+
+``build_app`` wires routes to the provider protocols; ``serve`` starts it the way the daemon
+needs it (one runner, graceful exit that lets in-flight invocations finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from faasd_py.config import Settings
+from faasd_py.gateway import system
+from faasd_py.gateway.auth import Credentials
+from faasd_py.gateway.invoke import InvokeProxy
+from faasd_py.gateway.keys import CREDENTIALS, LOG_STREAMS, PROVIDER, SETTINGS, InvocationHook
+from faasd_py.gateway.middlewares import auth_middleware, errors_middleware
+from faasd_py.provider.contract import Provider
+
+UI_DIR = Path(__file__).parent / "ui"
+# gorilla/mux's NameExpression in the OpenFaaS gateway: names may carry ".namespace".
+NAME = "{name:[-a-zA-Z_0-9.]+}"
+INVOKE = web.AppKey("invoke", InvokeProxy)
+
+
+def build_app(
+    provider: Provider,
+    settings: Settings,
+    credentials: Credentials,
+    *,
+    on_invocation: InvocationHook | None = None,
+) -> web.Application:
+    # client_max_size bounds request.read()/json() should a handler ever use them; ours read with limits.
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=settings.max_json_body)
+    app[PROVIDER] = provider
+    app[SETTINGS] = settings
+    app[CREDENTIALS] = credentials
+    app[LOG_STREAMS] = set()
+    proxy = InvokeProxy(provider.functions, settings, on_invocation)
+    app[INVOKE] = proxy
+    app.on_startup.append(proxy.start)
+    app.on_shutdown.append(_end_log_streams)
+    app.on_cleanup.append(proxy.close)
+
+    r = app.router
+    r.add_get("/system/functions", system.list_functions)
+    r.add_post("/system/functions", system.deploy_function)
+    r.add_put("/system/functions", system.update_function)
+    r.add_delete("/system/functions", system.delete_function)
+    r.add_get(f"/system/function/{NAME}", system.get_function)
+    r.add_post(f"/system/scale-function/{NAME}", system.scale_function)
+    r.add_get("/system/info", system.system_info)
+    r.add_get("/system/secrets", system.list_secrets)
+    r.add_post("/system/secrets", system.create_secret)
+    r.add_put("/system/secrets", system.update_secret)
+    r.add_delete("/system/secrets", system.delete_secret)
+    r.add_get("/system/namespaces", system.list_namespaces)
+    ns = "/system/namespace/{namespace:[-a-zA-Z_0-9.]*}"  # empty: faas-cli creates with POST /system/namespace/
+    r.add_get(ns, system.get_namespace)
+    r.add_post(ns, system.create_namespace)
+    r.add_put(ns, system.update_namespace)
+    r.add_delete(ns, system.delete_namespace)
+    r.add_get("/system/logs", system.logs)
+    r.add_get("/healthz", system.healthz)
+    r.add_get("/", system.root_redirect)
+    r.add_get("/ui/{path:.*}", _ui_handler(_ui_files(UI_DIR)))
+
+    r.add_route("*", f"/function/{NAME}", proxy.handle)
+    r.add_route("*", f"/function/{NAME}/{{path:.*}}", proxy.handle)
+    return app
+
+
+def _ui_files(root: Path) -> dict[str, Path]:
+    """URL path -> file, listed once at build time: no path arithmetic on request input, no traversal."""
+    files: dict[str, Path] = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(root).as_posix()
+            files[rel] = path
+            if path.name == "index.html":
+                files[rel[: -len("index.html")]] = path
+    return files
+
+
+def _ui_handler(files: dict[str, Path]) -> Handler:
+    async def ui_file(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["path"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    return ui_file
+
+
+async def _end_log_streams(app: web.Application) -> None:
+    streams = app[LOG_STREAMS]
+    for task in tuple(streams):
+        task.cancel()
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Listen on host:port; ``await runner.cleanup()`` stops accepting, then waits for in-flight calls.
+
+    In-flight invocations get up to the upstream timeout to finish; log followers are ended at once.
+    Handlers are cancelled when their client disconnects, which aborts the upstream call too.
+    """
+    grace = app[SETTINGS].timeouts.upstream
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await asyncio.shield(runner.cleanup())
+        raise
+    return runner

@@ -1,0 +1,309 @@
+"""One replica of a function: a containerd container + task in its own network namespace.
+
+Everything an instance owns (snapshot, container, netns + IP, log FIFOs, secret copies, task)
+is created here and released here, in reverse order, on every path: delete, crash, failed
+deploy. That single owner is what keeps IPs, netns and snapshots from leaking (faasd leaks
+IPs of paused or stopped tasks because teardown lived in two places).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from faasd_py.config import Settings
+from faasd_py.errors import ContainerdNotFound, FaasdError, RuntimeFailure
+from faasd_py.network.cni import FunctionNetwork
+from faasd_py.provider.contract import Endpoint
+from faasd_py.provider.log_collector import LogCollector, LogTarget
+from faasd_py.provider.readiness import wait_ready
+from faasd_py.provider.secrets import SecretStore
+from faasd_py.runtime.client import ContainerdClient
+from faasd_py.runtime.model import ImageInfo, TaskState
+from faasd_py.runtime.rootfs import resolve_user
+from faasd_py.runtime.spec import BindMount, build_spec
+from faasd_py.types import FunctionDeployment, parse_duration
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_PORT = 8080
+HEALTH_ANNOTATION = "com.openfaas.health.http.path"
+# containerd labels: what restore() filters on; the full deployment lives in an extension
+LABEL_FUNCTION = "io.faasd-py.function"
+LABEL_GENERATION = "io.faasd-py.generation"
+LABEL_DELETING = "io.faasd-py.deleting"
+EXTENSION = "faasd-py/function-record"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionRecord:
+    """What containerd stores with every instance, so the daemon can rebuild its state from it."""
+
+    deployment: FunctionDeployment
+    generation: int
+    created_at: datetime
+
+    def encode(self) -> bytes:
+        return json.dumps({
+            "deployment": self.deployment.to_json(),
+            "generation": self.generation,
+            "createdAt": self.created_at.astimezone(UTC).isoformat(),
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> FunctionRecord:
+        data = json.loads(raw)
+        return cls(
+            deployment=FunctionDeployment.from_json(data["deployment"]),
+            generation=int(data["generation"]),
+            created_at=datetime.fromisoformat(data["createdAt"]),
+        )
+
+
+@dataclass(eq=False)
+class Instance:
+    namespace: str
+    function: str
+    id: str
+    generation: int
+    health_path: str = "/_/health"
+    grace: float = 10.0
+    ip: str = ""
+    ready: bool = False
+    stopping: bool = False
+    restarting: bool = False  # exits caused by our own restart are not crashes
+    inflight: int = 0
+    restarts: int = 0
+    last_exit: str = ""
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when a draining instance has no calls
+    endpoint: Endpoint | None = None
+
+    @property
+    def netkey(self) -> str:
+        return f"{self.namespace}-{self.id}"
+
+
+def new_instance_id(function: str) -> str:
+    """``<name>-<8 hex>``: unique per deploy, so an update's new replica never clashes with the old."""
+    return f"{function}-{secrets.token_hex(4)}"
+
+
+def grace_period(dep: FunctionDeployment, default: float) -> float:
+    raw = dep.env_vars.get("grace_period")
+    if raw:
+        try:
+            return parse_duration(raw, "grace_period")
+        except FaasdError:
+            log.warning("ignoring invalid grace_period %r for %s", raw, dep.service)
+    return default
+
+
+def function_env(dep: FunctionDeployment) -> dict[str, str]:
+    """envProcess becomes ``fprocess`` and wins over envVars, as in OpenFaaS on Kubernetes."""
+    env = dict(dep.env_vars)
+    if dep.env_process:
+        env["fprocess"] = dep.env_process
+    return env
+
+
+class Launcher:
+    def __init__(
+        self,
+        settings: Settings,
+        client: ContainerdClient,
+        network: FunctionNetwork,
+        logs: LogCollector,
+        secrets_store: SecretStore,
+        hosts_file: Path,
+        resolv_file: Path,
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._network = network
+        self._logs = logs
+        self._secrets = secrets_store
+        self._hosts = hosts_file
+        self._resolv = resolv_file
+
+    # --- creation ------------------------------------------------------------------------------
+
+    def describe(self, record: FunctionRecord, instance_id: str) -> Instance:
+        dep = record.deployment
+        return Instance(
+            namespace=dep.namespace,
+            function=dep.service,
+            id=instance_id,
+            generation=record.generation,
+            health_path=dep.annotations.get(HEALTH_ANNOTATION, "/_/health"),
+            grace=grace_period(dep, self._settings.timeouts.stop_grace),
+        )
+
+    async def create(self, record: FunctionRecord, image: ImageInfo, instance: Instance) -> None:
+        """Snapshot + container + network + task, started; everything rolled back on failure."""
+        dep = record.deployment
+        ns, cid = instance.namespace, instance.id
+        undo: list[Callable[[], Awaitable[Any]]] = []
+        net = asyncio.create_task(self._network.setup(instance.netkey))
+        undo.append(lambda: self._network.teardown(instance.netkey))
+        try:
+            snapshotter = self._settings.snapshotter
+            mounts = await self._client.prepare_snapshot(ns, cid, image.chain_id, snapshotter)
+            undo.append(lambda: self._client.remove_snapshot(ns, cid, snapshotter))
+            user = resolve_user(image.config.user, mounts)
+            secret_mounts = self._secrets.materialize(ns, cid, dep.secrets, user.uid, user.gid)
+            undo.append(lambda: _sync(self._secrets.release, ns, cid))
+            binds = [
+                BindMount(str(self._hosts), "/etc/hosts"),
+                BindMount(str(self._resolv), "/etc/resolv.conf"),
+                *[BindMount(m.source, m.destination) for m in secret_mounts],
+            ]
+            spec = build_spec(
+                image=image.config,
+                user=user,
+                hostname=dep.service,
+                env=function_env(dep),
+                args=None,
+                netns_path=self._network.netns_path(instance.netkey),
+                cgroups_path=f"/{ns}/{cid}",
+                binds=binds,
+                memory_limit=dep.memory_limit_bytes,
+                cpu_millis=dep.cpu_limit_millis,
+                read_only_rootfs=dep.read_only_root_filesystem,
+            )
+            labels = {LABEL_FUNCTION: dep.service, LABEL_GENERATION: str(record.generation)}
+            await self._client.create_container(
+                ns, cid, image=image.name, spec=spec, labels=labels, snapshot_key=cid,
+                snapshotter=snapshotter, runtime=self._settings.runtime, extensions={EXTENSION: record.encode()},
+            )
+            undo.append(lambda: self._client.delete_container(ns, cid))
+            attachment = await net
+            instance.ip = attachment.ip
+            await self._start_task(instance, mounts)
+        except BaseException:
+            if not net.done():
+                net.cancel()
+            for step in reversed(undo):
+                with contextlib.suppress(Exception):
+                    await step()
+            self._logs.detach(ns, cid)
+            raise
+
+    async def _start_task(self, instance: Instance, mounts: list[Any]) -> None:
+        ns, cid = instance.namespace, instance.id
+        stdout, stderr = await self._logs.attach(LogTarget(ns, instance.function, cid))
+        instance.exited.clear()
+        try:
+            await self._client.create_task(ns, cid, rootfs=mounts, stdout=stdout, stderr=stderr)
+            await self._client.start_task(ns, cid)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._client.delete_task(ns, cid)
+            self._logs.detach(ns, cid)
+            raise
+
+    async def restart(self, instance: Instance) -> None:
+        """Re-create the task of an existing container (after a crash or a host reboot)."""
+        instance.restarting = True
+        try:
+            await self.stop_task(instance, grace=0)
+            attachment = await self._network.setup(instance.netkey)
+            instance.ip = attachment.ip
+            try:
+                mounts = await self._client.snapshot_mounts(instance.namespace, instance.id, self._settings.snapshotter)
+                await self._start_task(instance, mounts)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._network.teardown(instance.netkey)
+                raise
+        finally:
+            instance.restarting = False
+
+    async def adopt(self, instance: Instance) -> bool:
+        """Reattach to a task that kept running while the daemon was away; False if it cannot be."""
+        attachment = await self._network.lookup(instance.netkey)
+        if attachment is None:
+            return False
+        instance.ip = attachment.ip
+        await self._logs.attach(LogTarget(instance.namespace, instance.function, instance.id))
+        return True
+
+    async def wait_ready(self, instance: Instance, timeout: float | None = None) -> bool:
+        ok = await wait_ready(
+            instance.ip, WATCHDOG_PORT, path=instance.health_path,
+            timeout=self._settings.timeouts.ready if timeout is None else timeout,
+            failed=instance.exited,
+        )
+        if ok:
+            instance.ready = True
+            instance.endpoint = Endpoint(instance.ip, WATCHDOG_PORT, instance.id)
+        return ok
+
+    # --- teardown ------------------------------------------------------------------------------
+
+    async def stop_task(self, instance: Instance, grace: float) -> None:
+        """SIGTERM, wait up to ``grace``, SIGKILL; then delete the task and release its network."""
+        ns, cid = instance.namespace, instance.id
+        instance.ready = False
+        task = await self._client.get_task(ns, cid)
+        if task is not None:
+            if task.state in (TaskState.PAUSED, TaskState.PAUSING):
+                with contextlib.suppress(Exception):
+                    await self._client.resume_task(ns, cid)
+            if task.state not in (TaskState.STOPPED, TaskState.CREATED) and grace > 0:
+                with contextlib.suppress(ContainerdNotFound, RuntimeFailure):
+                    await self._client.kill_task(ns, cid, signal.SIGTERM, all=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(instance.exited.wait(), grace)
+            if task.state != TaskState.STOPPED and not instance.exited.is_set():
+                with contextlib.suppress(ContainerdNotFound, RuntimeFailure):
+                    await self._client.kill_task(ns, cid, signal.SIGKILL, all=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(instance.exited.wait(), 5)
+            await self._delete_task(ns, cid)
+        self._logs.detach(ns, cid)
+        await self._network.teardown(instance.netkey)
+
+    async def _delete_task(self, ns: str, cid: str) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await self._client.delete_task(ns, cid)
+                return
+            except ContainerdNotFound:
+                return
+            except RuntimeFailure:
+                # the exit may not be processed yet ("task must be stopped"): retry briefly
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def destroy(self, instance: Instance, grace: float | None = None) -> None:
+        """Release everything the instance owns; safe to call on a half-created instance."""
+        instance.stopping = True
+        ns, cid = instance.namespace, instance.id
+        await self.stop_task(instance, instance.grace if grace is None else grace)
+        with contextlib.suppress(ContainerdNotFound):
+            await self._client.delete_container(ns, cid)
+        with contextlib.suppress(ContainerdNotFound):
+            await self._client.remove_snapshot(ns, cid, self._settings.snapshotter)
+        self._secrets.release(ns, cid)
+
+    async def mark_deleting(self, instance: Instance) -> None:
+        """So a daemon that dies mid-delete finishes the delete at start instead of resurrecting it."""
+        with contextlib.suppress(ContainerdNotFound):
+            await self._client.set_container_labels(instance.namespace, instance.id, {LABEL_DELETING: "1"})
+
+
+async def _sync(fn: Callable[..., None], *args: Any) -> None:
+    fn(*args)
