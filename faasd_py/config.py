@@ -58,6 +58,17 @@ class Timeouts:
 
 
 @dataclass(slots=True)
+class ScalingSettings:
+    # functions without a com.openfaas.scale.zero label scale to zero when this is true
+    zero_by_default: bool = True
+    # idle this long (no invocation) -> paused through the cgroup freezer: keeps memory, uses no CPU
+    idle_after: float = 300.0
+    # paused this much longer -> the task is stopped to free its memory; the next call is a cold start
+    stop_after: float = 3600.0
+    sweep_interval: float = 1.0
+
+
+@dataclass(slots=True)
 class Settings:
     state_dir: Path = Path("/var/lib/faasd-py")
     run_dir: Path = Path("/run/faasd-py")
@@ -75,6 +86,7 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
 
     @property
     def secrets_dir(self) -> Path:

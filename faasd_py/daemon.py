@@ -118,6 +118,7 @@ async def run(settings: Settings) -> None:
     runner = await serve(daemon.app, settings.host, settings.port)
     log.info("gateway listening on %s:%d", settings.host, settings.port)
     events = asyncio.create_task(daemon.functions.run_events())
+    idler = asyncio.create_task(daemon.functions.run_idler())
     pings = asyncio.create_task(_watchdog_pings())
     try:
         await daemon.functions.restore()
@@ -128,7 +129,7 @@ async def run(settings: Settings) -> None:
         _notify("STOPPING=1")
     finally:
         await runner.cleanup()
-        for task in (events, pings):
+        for task in (events, idler, pings):
             task.cancel()
         await daemon.functions.close()
         daemon.logs.close()

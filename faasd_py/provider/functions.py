@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import enum
 import logging
 import time
 from collections import defaultdict
@@ -36,6 +37,8 @@ from faasd_py.provider.instances import (
     EXTENSION,
     LABEL_DELETING,
     LABEL_FUNCTION,
+    LABEL_PARKED,
+    WATCHDOG_PORT,
     FunctionRecord,
     Instance,
     Launcher,
@@ -48,9 +51,12 @@ from faasd_py.runtime.images import ImageService
 from faasd_py.runtime.model import ContainerInfo, TaskInfo, TaskState
 from faasd_py.types import (
     LABEL_SCALE_MIN,
+    LABEL_SCALE_ZERO,
+    LABEL_SCALE_ZERO_DURATION,
     FunctionDeployment,
     FunctionStatus,
     ScaleServiceRequest,
+    parse_duration,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,14 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 MAX_REPLICAS = 20  # per function on one host; a typo of 1000 must not fork-bomb the box
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class Idle(enum.Enum):
+    """Scale-to-zero levels: paused keeps memory and IP (resume ~10 ms); stopped frees memory."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STOPPED = "stopped"
 
 
 @dataclass(eq=False)
@@ -70,6 +84,9 @@ class Function:
     invocations: int = 0
     removed: bool = False
     became_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: Idle = Idle.ACTIVE
+    last_used: float = field(default_factory=time.monotonic)
+    waking: asyncio.Future[None] | None = None
 
     @property
     def deployment(self) -> FunctionDeployment:
@@ -126,8 +143,8 @@ class FunctionManager:
     def _status(self, fn: Function) -> FunctionStatus:
         return FunctionStatus(
             deployment=fn.deployment,
-            replicas=fn.desired,
-            available_replicas=len(fn.endpoints),
+            replicas=fn.desired if fn.idle is Idle.ACTIVE else 0,
+            available_replicas=len(fn.endpoints) if fn.idle is Idle.ACTIVE else 0,
             invocation_count=float(fn.invocations),
             created_at=fn.record.created_at,
         )
@@ -152,6 +169,9 @@ class FunctionManager:
         fn = self._table.get((namespace, name))
         if fn is None:
             raise NotFound(f"function {name}.{namespace} not found")
+        fn.last_used = time.monotonic()
+        if fn.idle is not Idle.ACTIVE:
+            await self._wake(fn)
         if not fn.endpoints:
             await self._wait_for_endpoint(fn, name, namespace)
         fn.rr += 1
@@ -181,6 +201,7 @@ class FunctionManager:
         fn = self._table.get((namespace, name))
         if fn is not None:
             fn.invocations += 1
+            fn.last_used = time.monotonic()
 
     # --- deploy / update / delete / scale -------------------------------------------------
 
@@ -292,7 +313,10 @@ class FunctionManager:
             fn = self._get(request.service_name, request.namespace)
             target = min(request.replicas, MAX_REPLICAS)
             if target == 0:
-                raise InvalidRequest("scaling to zero replicas is not supported yet")
+                await self._park(fn, Idle.PAUSED)
+                return
+            if fn.idle is not Idle.ACTIVE:
+                await self._unpark(fn)
             current = [i for i in fn.instances if not i.stopping]
             if target > len(current):
                 info = await self._images.get(fn.deployment.image, fn.deployment.namespace)
@@ -307,6 +331,107 @@ class FunctionManager:
                 fn.instances = current[:target]
             fn.desired = target
             fn.refresh_endpoints()
+
+    # --- scale to zero -----------------------------------------------------------------------
+
+    def _idle_after(self, dep: FunctionDeployment) -> float | None:
+        """Seconds of idleness before pausing, or None if the function never scales to zero."""
+        raw = dep.labels.get(LABEL_SCALE_ZERO)
+        enabled = self._settings.scaling.zero_by_default if raw is None else raw.strip().lower() == "true"
+        if not enabled:
+            return None
+        duration = dep.labels.get(LABEL_SCALE_ZERO_DURATION)
+        if duration:
+            try:
+                return parse_duration(duration, LABEL_SCALE_ZERO_DURATION)
+            except FaasdError:
+                log.warning("%s.%s: ignoring invalid %s=%r", dep.service, dep.namespace,
+                            LABEL_SCALE_ZERO_DURATION, duration)
+        return self._settings.scaling.idle_after
+
+    async def run_idler(self) -> None:
+        """Pause functions idle past their zero-duration; stop those paused for much longer."""
+        stop_after = self._settings.scaling.stop_after
+        while True:
+            await asyncio.sleep(self._settings.scaling.sweep_interval)
+            if not self._restored:
+                continue
+            now = time.monotonic()
+            due: builtins.list[tuple[Function, Idle, float]] = []
+            for (ns, name), fn in self._table.items():
+                idle_after = self._idle_after(fn.deployment)
+                if idle_after is None or self._locks[(ns, name)].locked():
+                    continue
+                if any(i.inflight for i in fn.instances):
+                    continue
+                idle_for = now - fn.last_used
+                if fn.idle is Idle.ACTIVE and fn.endpoints and idle_for >= idle_after:
+                    due.append((fn, Idle.PAUSED, fn.last_used))
+                elif fn.idle is Idle.PAUSED and idle_for >= idle_after + stop_after:
+                    due.append((fn, Idle.STOPPED, fn.last_used))
+            for fn, level, seen in due:
+                try:
+                    async with self._locks[(fn.deployment.namespace, fn.deployment.service)]:
+                        if not fn.removed and fn.last_used == seen:  # no call since we looked
+                            await self._park(fn, level)
+                except FaasdError as exc:
+                    log.error("could not scale %s.%s to zero: %s", fn.deployment.service,
+                              fn.deployment.namespace, exc)
+
+    async def _park(self, fn: Function, level: Idle) -> None:
+        """Pause (freezer) or stop every instance; the caller holds the function's lock."""
+        if fn.idle is level or (fn.idle is Idle.STOPPED and level is Idle.PAUSED):
+            return
+        if any(i.inflight for i in fn.instances):
+            return  # a call arrived meanwhile: not idle after all
+        ns, name = fn.deployment.namespace, fn.deployment.service
+        fn.idle = level  # from here on resolve() wakes it first (it waits for our lock)
+        if level is Idle.PAUSED:
+            try:
+                await asyncio.gather(*(self._client.pause_task(ns, i.id) for i in fn.instances if i.ready))
+            except FaasdError:
+                await asyncio.gather(*(self._client.resume_task(ns, i.id) for i in fn.instances if i.ready),
+                                     return_exceptions=True)
+                fn.idle = Idle.ACTIVE
+                raise
+            log.info("%s.%s idle: paused %d replica(s)", name, ns, len(fn.instances))
+            return
+        for inst in fn.instances:
+            inst.parked = True
+        await asyncio.gather(*(self._launcher.stop_task(i, grace=0) for i in fn.instances))
+        await asyncio.gather(*(self._launcher.set_parked_label(i, True) for i in fn.instances))
+        fn.refresh_endpoints()
+        log.info("%s.%s idle: stopped %d replica(s) to free memory", name, ns, len(fn.instances))
+
+    async def _wake(self, fn: Function) -> None:
+        """Single-flight: concurrent first calls share one resume (or cold start)."""
+        if fn.waking is None or fn.waking.done():
+            fn.waking = asyncio.ensure_future(self._wake_locked(fn))
+        try:
+            await asyncio.shield(fn.waking)
+        except FaasdError as exc:
+            raise Unavailable(f"function {fn.deployment.service}.{fn.deployment.namespace} could not be "
+                              f"woken up: {exc.message}") from exc
+
+    async def _wake_locked(self, fn: Function) -> None:
+        async with self._locks[(fn.deployment.namespace, fn.deployment.service)]:
+            await self._unpark(fn)
+
+    async def _unpark(self, fn: Function) -> None:
+        ns = fn.deployment.namespace
+        if fn.idle is Idle.PAUSED:
+            await asyncio.gather(*(self._client.resume_task(ns, i.id) for i in fn.instances if i.ready))
+        elif fn.idle is Idle.STOPPED:
+            await asyncio.gather(*(self._cold_start(i) for i in fn.instances))
+        fn.idle = Idle.ACTIVE
+        fn.refresh_endpoints()
+
+    async def _cold_start(self, inst: Instance) -> None:
+        await self._launcher.restart(inst)
+        inst.parked = False
+        await self._launcher.set_parked_label(inst, False)
+        if not await self._launcher.wait_ready(inst):
+            raise RuntimeFailure(f"instance {inst.id} did not become ready after a cold start")
 
     # --- restore at start ------------------------------------------------------------------
 
@@ -343,11 +468,19 @@ class FunctionManager:
             fn = Function(record=current[0][1], desired=len(current))
             for c, r in current:
                 inst = self._launcher.describe(r, c.id)
+                inst.parked = bool(c.labels.get(LABEL_PARKED))
                 fn.instances.append(inst)
                 self._instances[(inst.namespace, inst.id)] = inst
             self._table[key] = fn
             jobs += [self._recover(fn, inst, tasks.get((inst.namespace, inst.id)), sem) for inst in fn.instances]
         await asyncio.gather(*jobs)
+        for fn in self._table.values():
+            # scale-to-zero state survives restarts and reboots: a parked function stays parked
+            if fn.instances and all(i.parked for i in fn.instances):
+                fn.idle = Idle.STOPPED
+            elif fn.instances and all(i.paused_at_restore for i in fn.instances):
+                fn.idle = Idle.PAUSED
+            fn.refresh_endpoints()
         for inst in stale:
             self._spawn(self._discard(inst))
         live = {i.netkey for fn in self._table.values() for i in fn.instances}
@@ -360,11 +493,18 @@ class FunctionManager:
     async def _recover(self, fn: Function, inst: Instance, task: TaskInfo | None, sem: asyncio.Semaphore) -> None:
         async with sem:
             try:
+                if inst.parked:
+                    if task is not None:  # a parked instance has no task; a reboot-era leftover goes
+                        await self._launcher.stop_task(inst, grace=0)
+                    return
                 adopted = False
                 if task is not None and task.state in (TaskState.RUNNING, TaskState.PAUSED):
                     adopted = await self._launcher.adopt(inst)
                     if adopted and task.state == TaskState.PAUSED:
-                        await self._client.resume_task(inst.namespace, inst.id)
+                        inst.paused_at_restore = True
+                        inst.ready = True  # it answered before it was paused; probing would hang
+                        inst.endpoint = Endpoint(inst.ip, WATCHDOG_PORT, inst.id)
+                        return
                 if not adopted:
                     await self._launcher.restart(inst)
                 if await self._launcher.wait_ready(inst):
@@ -409,7 +549,7 @@ class FunctionManager:
         fn = self._table.get((namespace, inst.function))
         if fn is not None and inst in fn.instances:
             fn.refresh_endpoints()
-            if not inst.stopping and not inst.restarting and self._restored:
+            if not inst.stopping and not inst.restarting and not inst.parked and self._restored:
                 log.warning("function %s.%s instance %s exited (%s); restarting",
                             inst.function, namespace, cid, inst.last_exit)
                 self._spawn(self._restart_later(inst))

@@ -42,7 +42,9 @@ HEALTH_ANNOTATION = "com.openfaas.health.http.path"
 LABEL_FUNCTION = "io.faasd-py.function"
 LABEL_GENERATION = "io.faasd-py.generation"
 LABEL_DELETING = "io.faasd-py.deleting"
+LABEL_PARKED = "io.faasd-py.idle-stopped"
 EXTENSION = "faasd-py/function-record"
+GC_ROOT_LABEL = "containerd.io/gc.root"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,8 @@ class Instance:
     ready: bool = False
     stopping: bool = False
     restarting: bool = False  # exits caused by our own restart are not crashes
+    parked: bool = False  # stopped on purpose by scale-to-zero: not a crash, not restored at start
+    paused_at_restore: bool = False
     inflight: int = 0
     restarts: int = 0
     last_exit: str = ""
@@ -158,7 +162,11 @@ class Launcher:
         undo.append(lambda: self._network.teardown(instance.netkey))
         try:
             snapshotter = self._settings.snapshotter
-            mounts = await self._client.prepare_snapshot(ns, cid, image.chain_id, snapshotter)
+            # A snapshot that no container, image or lease references is removed by containerd's
+            # next GC, which can run before create_container below (seen in the e2e tests: the
+            # task then fails to mount its rootfs). gc.root keeps it; destroy() removes it.
+            mounts = await self._client.prepare_snapshot(ns, cid, image.chain_id, snapshotter,
+                                                         labels={GC_ROOT_LABEL: "faasd-py"})
             undo.append(lambda: self._client.remove_snapshot(ns, cid, snapshotter))
             user = resolve_user(image.config.user, mounts)
             secret_mounts = self._secrets.materialize(ns, cid, dep.secrets, user.uid, user.gid)
@@ -298,6 +306,12 @@ class Launcher:
         with contextlib.suppress(ContainerdNotFound):
             await self._client.remove_snapshot(ns, cid, self._settings.snapshotter)
         self._secrets.release(ns, cid)
+
+    async def set_parked_label(self, instance: Instance, parked: bool) -> None:
+        """Remember across restarts that scale-to-zero stopped this task (restore leaves it stopped)."""
+        with contextlib.suppress(ContainerdNotFound):
+            await self._client.set_container_labels(instance.namespace, instance.id,
+                                                    {LABEL_PARKED: "1" if parked else ""})
 
     async def mark_deleting(self, instance: Instance) -> None:
         """So a daemon that dies mid-delete finishes the delete at start instead of resurrecting it."""
