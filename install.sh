@@ -146,6 +146,29 @@ start_journald_direct() {
   journalctl --flush >/dev/null 2>&1 || true
 }
 
+# The core services' compose file and the Prometheus config beside it: copied only when absent,
+# so an operator's edits survive upgrades.
+install_compose_files() {
+  local dir
+  dir=$(dirname "$S_COMPOSE_PATH")
+  mkdir -p "$dir"
+  if [ ! -e "$S_COMPOSE_PATH" ]; then
+    install -m 0644 "$SRC/docker-compose.yaml" "$S_COMPOSE_PATH"
+    log "wrote $S_COMPOSE_PATH"
+  fi
+  if [ ! -e "$dir/prometheus.yml" ]; then
+    install -m 0644 "$SRC/prometheus.yml" "$dir/prometheus.yml"
+    log "wrote $dir/prometheus.yml"
+  fi
+}
+
+# nats and prometheus images from the host's packages (needs containerd); re-run after upgrades
+build_core_images() {
+  log "building the core service images (faasd-py core-images)"
+  FAASD_PY_CONFIG=$CONFIG "$PREFIX/bin/faasd-py" core-images >/dev/null \
+    || die "faasd-py core-images failed (are the nats-server and prometheus packages installed?)"
+}
+
 containerd_answers() { ctr -a "$S_CONTAINERD_SOCKET" version >/dev/null 2>&1; }
 
 start_containerd_direct() {
@@ -181,7 +204,6 @@ start_daemon_direct() {
 
 start_systemd() {
   systemctl daemon-reload
-  systemctl enable --now containerd.service
   systemctl enable faasd-py.service >/dev/null 2>&1
   log "(re)starting faasd-py.service"
   systemctl restart faasd-py.service || {
@@ -220,11 +242,15 @@ do_install() {
   # same as `faasd-py install`, but also fine when the config file does not exist yet
   "$PY" -m faasd_py.install --config "$CONFIG" "$flag"
   load_settings_env  # the config file may have just been written
+  install_compose_files
   if [ "$MODE" = systemd ]; then
+    systemctl enable --now containerd.service
+    build_core_images
     start_systemd
   else
     start_journald_direct
     start_containerd_direct
+    build_core_images
     start_daemon_direct
   fi
   wait_healthy
@@ -234,17 +260,47 @@ do_install() {
   echo "  $S_LOGIN_COMMAND"
 }
 
+# ctr_remove NAMESPACE [FILTER]: kill and delete the tasks and containers (matching FILTER)
+ctr_remove() {
+  local c=(ctr -a "$S_CONTAINERD_SOCKET" -n "$1") t
+  for t in $("${c[@]}" containers ls -q ${2:+"$2"}); do
+    "${c[@]}" tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1 || true
+  done
+  for t in $("${c[@]}" containers ls -q ${2:+"$2"}); do
+    "${c[@]}" tasks delete -f "$t" >/dev/null 2>&1 || true
+    "${c[@]}" containers delete "$t" >/dev/null 2>&1 || true
+  done
+}
+
+# The core services (NATS, Prometheus) outlive the daemon by design: uninstall removes them.
+remove_core_services() {
+  local ns args=()
+  if [ "$PURGE" = 1 ]; then args+=(--purge); fi
+  # the daemon's own code removes them properly (CNI DEL, host names) when the CLI offers it
+  if [ -x "$PREFIX/bin/faasd-py" ] && "$PREFIX/bin/faasd-py" --help 2>/dev/null | grep -qw uninstall; then
+    FAASD_PY_CONFIG=$CONFIG "$PREFIX/bin/faasd-py" uninstall "${args[@]}" && return 0
+    warn "faasd-py uninstall failed: removing the core services with ctr"
+  fi
+  containerd_answers || { warn "containerd does not answer: core services not removed"; return 0; }
+  log "removing the core services (containerd namespace openfaas)"
+  ctr_remove openfaas 'labels."io.faasd-py.core-service"'
+  if [ -n "$S_CORE_NETNS_PREFIX" ]; then
+    for ns in $(ip netns list | awk -v p="$S_CORE_NETNS_PREFIX" 'index($1, p) == 1 {print $1}'); do
+      ip netns del "$ns"
+    done
+  fi
+}
+
 purge_functions() {
   local ns t
   containerd_answers || { warn "containerd does not answer: functions not removed"; return 0; }
   for ns in $(ctr -a "$S_CONTAINERD_SOCKET" namespaces ls 2>/dev/null \
-                | awk 'NR > 1 && ($1 == "openfaas-fn" || $2 ~ /(^|,)openfaas=/) {print $1}'); do
+                | awk 'NR > 1 && ($1 == "openfaas-fn" || $1 == "openfaas" || $2 ~ /(^|,)openfaas=/) {print $1}'); do
     log "removing functions in containerd namespace $ns"
-    local c=(ctr -a "$S_CONTAINERD_SOCKET" -n "$ns")
-    for t in $("${c[@]}" tasks ls -q); do "${c[@]}" tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1 || true; done
-    for t in $("${c[@]}" tasks ls -q); do "${c[@]}" tasks delete -f "$t" >/dev/null 2>&1 || true; done
-    for t in $("${c[@]}" containers ls -q); do "${c[@]}" containers delete "$t" >/dev/null 2>&1 || true; done
-    for t in $("${c[@]}" images ls -q); do "${c[@]}" images rm "$t" >/dev/null 2>&1 || true; done
+    ctr_remove "$ns"
+    for t in $(ctr -a "$S_CONTAINERD_SOCKET" -n "$ns" images ls -q); do
+      ctr -a "$S_CONTAINERD_SOCKET" -n "$ns" images rm "$t" >/dev/null 2>&1 || true
+    done
     ctr -a "$S_CONTAINERD_SOCKET" namespaces remove "$ns" >/dev/null 2>&1 || true
   done
   for ns in $(ip netns list | awk -v p="$S_NETNS_PREFIX" 'index($1, p) == 1 {print $1}'); do ip netns del "$ns"; done
@@ -266,6 +322,7 @@ do_uninstall() {
     log "stopping faasd-py (pid $(cat "$S_RUN_DIR/faasd-py.pid"))"
     stop_pidfile "$S_RUN_DIR/faasd-py.pid" 30
   fi
+  remove_core_services
   if [ "$PURGE" = 1 ]; then purge_functions; fi
   # containerd and journald only if this script started them (functions keep running otherwise)
   stop_pidfile "$S_RUN_DIR/containerd.pid" 30
@@ -275,7 +332,7 @@ do_uninstall() {
   log "removing $PREFIX"
   rm -rf "$PREFIX"
   if [ "$PURGE" = 1 ]; then
-    log "purging $S_STATE_DIR, $CONFIG, logs"
+    log "purging $S_STATE_DIR (with the compose file), $CONFIG, logs"
     rm -rf "$S_STATE_DIR" "$S_RUN_DIR"
     rm -f "$CONFIG" "$LOG" "$CONTAINERD_LOG" /etc/sysctl.d/90-faasd-py.conf
     rmdir "$(dirname "$CONFIG")" 2>/dev/null || true

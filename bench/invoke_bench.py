@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import os
 import shutil
 import statistics
 import subprocess
@@ -32,8 +33,18 @@ def _free_port() -> int:
         return port
 
 
+def _maybe_uvloop() -> None:
+    """``--uvloop`` runs both servers on uvloop (not a project dependency; measured for comparison)."""
+    if os.environ.get("INVOKE_BENCH_UVLOOP") == "1":
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+
+
 def run_upstream(port: int) -> None:
     from aiohttp import web
+
+    _maybe_uvloop()
 
     async def handler(request: web.Request) -> web.Response:
         body = await request.read()
@@ -72,14 +83,15 @@ def run_gateway(port: int, upstream_port: int, state_dir: str) -> None:
         def ready(self) -> bool:
             return True
 
+    _maybe_uvloop()
     settings = Settings(state_dir=Path(state_dir))
     creds = Credentials("admin", "bench")
     app = build_app(StaticProvider(), settings, creds)  # type: ignore[arg-type]
 
     async def main() -> None:
-        from faasd_py.gateway.app import serve
-
         import signal
+
+        from faasd_py.gateway.app import serve
 
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -146,6 +158,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--uvloop", action="store_true", help="run upstream and gateway on uvloop")
     parser.add_argument("args", nargs="*")
     a = parser.parse_args()
     if a.role == "upstream":
@@ -155,6 +168,8 @@ def main() -> None:
         run_gateway(int(a.args[0]), int(a.args[1]), a.args[2])
         return
 
+    if a.uvloop:
+        os.environ["INVOKE_BENCH_UVLOOP"] = "1"
     up_port, gw_port = _free_port(), _free_port()
     procs = []
     with tempfile.TemporaryDirectory() as state:

@@ -19,6 +19,8 @@ from faasd_py.errors import InvalidRequest
 DEFAULT_CONFIG_FILE = Path("/etc/faasd-py/config.yaml")
 ENV_PREFIX = "FAASD_PY_"
 CONFIG_ENV = "FAASD_PY_CONFIG"
+# FAASD_PY_* variables that are not settings: the config file, the image build cache (faasd_py.build)
+NOT_SETTINGS = frozenset({CONFIG_ENV, "FAASD_PY_BUILD_CACHE"})
 
 
 @dataclass(slots=True)
@@ -69,6 +71,24 @@ class ScalingSettings:
 
 
 @dataclass(slots=True)
+class AsyncSettings:
+    """Queued invocations (/async-function/*): JetStream on the nats core service."""
+
+    enabled: bool = True  # false: no /async-function routes (404), no NATS connection
+    nats_url: str = "nats://127.0.0.1:4222"
+    stream: str = "faas-request"  # JetStream stream (work-queue retention, file storage)
+    subject: str = "faas-request"  # calls are published to <subject>.<namespace>.<name>
+    max_body: int = 16 << 20  # request bodies; above the server's max_payload they go to an object store
+    attempts: int = 5  # tries per invocation (429, 502-504) and per callback (429, 5xx, unreachable)
+    backoff: float = 1.0  # first retry delay; doubles each time up to backoff_max
+    backoff_max: float = 30.0
+    function_concurrency: int = 4  # invocations of one function at once; more wait in the stream
+    max_inflight: int = 64  # calls the worker handles at once, all functions together
+    ack_wait: float = 30.0  # an unacknowledged call is redelivered this long after its worker died
+    callback_timeout: float = 30.0
+
+
+@dataclass(slots=True)
 class Settings:
     state_dir: Path = Path("/var/lib/faasd-py")
     run_dir: Path = Path("/run/faasd-py")
@@ -83,10 +103,12 @@ class Settings:
     max_invoke_body: int = 64 << 20  # /function request bodies
     log_level: str = "info"
     journald: bool = True  # send function output to journald (else only drained)
+    compose_file: str = ""  # the core services; empty = <state_dir>/docker-compose.yaml
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
     timeouts: Timeouts = field(default_factory=Timeouts)
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    queue: AsyncSettings = field(default_factory=AsyncSettings)
 
     @property
     def secrets_dir(self) -> Path:
@@ -99,6 +121,10 @@ class Settings:
     @property
     def user_file(self) -> Path:
         return self.state_dir / "secrets" / "basic-auth-user"
+
+    @property
+    def compose_path(self) -> Path:
+        return Path(self.compose_file) if self.compose_file else self.state_dir / "docker-compose.yaml"
 
     @property
     def docker_config_path(self) -> Path:
@@ -179,7 +205,7 @@ def load_settings(
     elif not missing_ok:
         raise InvalidRequest(f"config: {path} does not exist")
     for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and key != CONFIG_ENV:
+        if key.startswith(ENV_PREFIX) and key not in NOT_SETTINGS:
             set_dotted(settings, key[len(ENV_PREFIX):].lower().replace("__", "."), value)
     for key, value in (overrides or {}).items():
         set_dotted(settings, key, value)

@@ -18,11 +18,12 @@ from aiohttp import web
 
 from faasd_py.config import Settings
 from faasd_py.credentials import ensure_credentials
-from faasd_py.errors import ContainerdUnavailable
-from faasd_py.gateway.app import build_app, serve
+from faasd_py.errors import ContainerdUnavailable, InvalidRequest
+from faasd_py.gateway.app import INVOKE, build_app, serve
 from faasd_py.gateway.auth import Credentials
 from faasd_py.network.cni import FunctionNetwork
 from faasd_py.network.dns import SharedFiles
+from faasd_py.provider.core_services import CoreServices
 from faasd_py.provider.functions import FunctionManager
 from faasd_py.provider.instances import Launcher
 from faasd_py.provider.log_collector import LogCollector
@@ -83,6 +84,7 @@ class Daemon:
     network: FunctionNetwork
     logs: LogCollector
     provider: ContainerdProvider
+    core: CoreServices
     app: web.Application
 
 
@@ -106,7 +108,9 @@ async def build(settings: Settings) -> Daemon:
     provider = ContainerdProvider(functions, namespaces, store, JournalLogs())
     ensure_credentials(settings)
     app = build_app(provider, settings, Credentials.load(settings))
-    return Daemon(settings, client, registry, functions, network, collector, provider, app)
+    launcher.on_address_released = app[INVOKE].pool.drop
+    core = CoreServices(settings, client, images, shared, logs=collector)
+    return Daemon(settings, client, registry, functions, network, collector, provider, core, app)
 
 
 async def run(settings: Settings) -> None:
@@ -121,6 +125,12 @@ async def run(settings: Settings) -> None:
     idler = asyncio.create_task(daemon.functions.run_idler())
     pings = asyncio.create_task(_watchdog_pings())
     try:
+        # core services first: they and the functions share the bridge, whose first ADD creates it
+        try:
+            await daemon.core.start()
+        except InvalidRequest as exc:
+            log.error("core services not started: %s (fix %s; functions are unaffected)",
+                      exc.message, settings.compose_path)
         await daemon.functions.restore()
         _notify("READY=1")
         log.info("ready")
@@ -132,6 +142,7 @@ async def run(settings: Settings) -> None:
         for task in (events, idler, pings):
             task.cancel()
         await daemon.functions.close()
+        await daemon.core.close()
         daemon.logs.close()
         with contextlib.suppress(Exception):
             await daemon.registry.close()

@@ -12,6 +12,8 @@ RUNTIME_PACKAGES=(
   python3-venv python3-dev python3-yaml gcc pkg-config libsystemd-dev
   # journald (function logs) and its tools
   systemd ca-certificates
+  # the core services' images are built from these (faasd-py core-images), no registry needed
+  nats-server prometheus
 )
 # Extra tools the tests and benchmarks use: a local OCI registry, image copying, HTTP load.
 TEST_PACKAGES=(docker-registry skopeo wrk curl shellcheck)

@@ -15,6 +15,14 @@ from faasd_py.config import CONFIG_ENV, load_settings
 from faasd_py.install import gateway_url, login_command
 
 
+def _core_netns_prefix(prefix: str) -> str:
+    try:  # needs grpc: absent when the checkout's code runs on the system python (uninstall)
+        from faasd_py.provider.core_services import core_netns_prefix
+    except ImportError:
+        return ""
+    return core_netns_prefix(prefix)
+
+
 def main() -> None:
     path = Path(sys.argv[1])
     env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
@@ -28,6 +36,8 @@ def main() -> None:
         "BRIDGE": settings.network.bridge,
         "NETNS_PREFIX": settings.network.netns_prefix,
         "IPAM_DIR": settings.network.ipam_dir,
+        "COMPOSE_PATH": settings.compose_path,
+        "CORE_NETNS_PREFIX": _core_netns_prefix(settings.network.netns_prefix),
     }
     for key, value in values.items():
         print(f"S_{key}={shlex.quote(str(value))}")

@@ -8,6 +8,7 @@ leaked (netns, bridge, processes, mounts, iptables rules) and fails the session 
 
 Env overrides, so several engineers can run sessions side by side on one machine:
 FDPY_TEST_DIR, FDPY_TEST_BRIDGE, FDPY_TEST_SUBNET, FDPY_TEST_NETNS_PREFIX.
+Every test also has a time limit (tests/timeouts.py: FDPY_TEST_TIMEOUT, @pytest.mark.timeout).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from types import FrameType
 
 import pytest
 
+from tests import timeouts
 from tests.infra import TestEnv, missing_prerequisite
+from tests.timeouts import pytest_runtest_protocol  # noqa: F401 - a hook: pytest finds it by name here
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -32,6 +35,7 @@ def integration_required() -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    timeouts.pytest_configure(config)
     # A CI timeout or `kill` sends SIGTERM: turn it into KeyboardInterrupt so pytest still runs
     # the fixture teardown (containerd, netns, bridge) instead of dying with everything left up.
     if threading.current_thread() is threading.main_thread():

@@ -69,9 +69,12 @@ class BuiltImage:
 
 
 def build_function_image(spec: FunctionSpec, out_layout: Path, tag: str = "latest", *, base: Base | None = None,
-                         cache_dir: Path | None = None, compression: str = "gzip") -> BuiltImage:
+                         cache_dir: Path | None = None, compression: str = "gzip",
+                         extra_layers: Sequence[tuple[str, Layer]] = ()) -> BuiltImage:
     """Writes the image into the OCI layout ``out_layout`` (created if needed; other images in it
-    stay) under the ref name ``tag`` (``latest`` or a full ``localhost/fn:1``)."""
+    stay) under the ref name ``tag`` (``latest`` or a full ``localhost/fn:1``). ``extra_layers``
+    (what each one is, the layer) go between the watchdog and the handler: a template's files,
+    installed requirements."""
     _validate(spec)
     cache = cache_dir or default_cache_dir()
     base = base or host_python_base(cache, compression=compression)
@@ -82,8 +85,9 @@ def build_function_image(spec: FunctionSpec, out_layout: Path, tag: str = "lates
         layers.append(_relink(layer, blobs))
     if spec.watchdog and spec.entrypoint is None:
         layers.append(_relink(watchdog_layer(base, cache, compression), blobs))
+    layers.extend(_relink(layer, blobs) for _, layer in extra_layers)
     layers.append(write_layer(function_entries(spec, base), blobs, compression))
-    config = image_config(spec, base, layers)
+    config = image_config(spec, base, layers, [what for what, _ in extra_layers])
     config_digest, config_size = put_blob(blobs, canonical_json(config))
     manifest = {
         "schemaVersion": 2,
@@ -117,7 +121,7 @@ def _relink(layer: Layer, blobs: Path) -> Layer:
     return Layer(layer.digest, layer.diff_id, layer.size, layer.media_type, path)
 
 
-def image_config(spec: FunctionSpec, base: Base, layers: Sequence[Layer]) -> dict[str, Any]:
+def image_config(spec: FunctionSpec, base: Base, layers: Sequence[Layer], extra: Sequence[str] = ()) -> dict[str, Any]:
     env: dict[str, str] = {}
     for item in base.env:
         k, _, v = item.partition("=")
@@ -149,8 +153,9 @@ def image_config(spec: FunctionSpec, base: Base, layers: Sequence[Layer]) -> dic
     created = datetime.fromtimestamp(source_date_epoch(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     history = [{"created": created, "created_by": f"faasd-py build: base {base.description}".strip()}
                for _ in base.layers]
-    if len(layers) > len(base.layers) + 1:
+    if len(layers) > len(base.layers) + len(extra) + 1:
         history.append({"created": created, "created_by": "faasd-py build: watchdog"})
+    history += [{"created": created, "created_by": f"faasd-py build: {what}"} for what in extra]
     history.append({"created": created, "created_by": f"faasd-py build: function {spec.name}"})
     return {
         "created": created,

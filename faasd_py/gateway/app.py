@@ -41,7 +41,6 @@ def build_app(
     app[LOG_STREAMS] = set()
     proxy = InvokeProxy(provider.functions, settings, on_invocation)
     app[INVOKE] = proxy
-    app.on_startup.append(proxy.start)
     app.on_shutdown.append(_end_log_streams)
     app.on_cleanup.append(proxy.close)
 

@@ -1,44 +1,41 @@
 """/function/{name}[.{namespace}][/{path}]: the invocation hot path.
 
-One shared client session with a keep-alive pool carries every call to the watchdogs: the
-request and the response are streamed (never buffered whole), hop-by-hop headers are dropped
-both ways, redirects and Content-Encoding pass through untouched. Per request there is no
-logging at info level, no JSON, no regex compile and no containerd call: the provider's
-``resolve`` answers a warm function from memory.
+One shared pool of keep-alive connections (:mod:`faasd_py.gateway.upstream`) carries every call
+to the watchdogs: request and response stream (never buffered whole, except small bodies that
+fit in one write), hop-by-hop headers are dropped both ways, redirects and Content-Encoding
+pass through untouched. Per request there is no logging at info level, no JSON, no regex
+compile and no containerd call: the provider's ``resolve`` answers a warm function from memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
-import uuid
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
 from faasd_py.config import Settings
 from faasd_py.errors import NotFound, Unavailable
 from faasd_py.gateway.keys import InvocationHook
+from faasd_py.gateway.upstream import HOP_BY_HOP, Pool, UpstreamError
 from faasd_py.provider.contract import Endpoint, Functions
 from faasd_py.types import DEFAULT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
 PREFIX_LEN = len("/function/")
-# RFC 9110 §7.6.1 plus the legacy ones Go's ReverseProxy drops; Host is the upstream's own; Expect is
-# answered by our server already. Lower case: compared against header.lower().
-HOP_BY_HOP = frozenset(
-    {
-        "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-        "te", "trailer", "transfer-encoding", "upgrade",
-    }
-)
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "expect", "x-start-time"}
-# Bodies up to this size are read at once (one write upstream); larger ones stream.
+# Request headers we never copy: Host is the watchdog's own, Expect was answered by our server,
+# the framing is ours to choose, X-Start-Time is ours to set.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "expect", "content-length", "x-start-time"}
+# Bodies up to this size are read at once and sent with the head in one write; larger ones stream.
 SMALL_BODY = 64 * 1024
 INTERNAL_HEADER = "X-OpenFaaS-Internal"
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Methods that may be re-sent when a pooled connection turns out to be closed (RFC 9110 §9.2.2).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class _BodyTooLarge(Exception):
@@ -46,7 +43,7 @@ class _BodyTooLarge(Exception):
 
 
 class _CappedBody:
-    """The request body as it arrives, cut at the limit; ``overflow`` survives aiohttp's error wrapping."""
+    """The request body as it arrives, cut at the limit; ``overflow`` says why sending stopped."""
 
     __slots__ = ("_content", "_limit", "_size", "overflow")
 
@@ -70,6 +67,16 @@ class _CappedBody:
         return chunk
 
 
+_VERSION_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_VERSION_BITS = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_call_id() -> str:
+    """A random (version 4) UUID, formatted; a third of uuid.uuid4()'s cost. Unique, not secret."""
+    h = "%032x" % ((random.getrandbits(128) & _VERSION_MASK) | _VERSION_BITS)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def split_function_name(raw: str) -> tuple[str, str]:
     """``fn.ns`` -> (fn, ns): the LAST dot splits, as in OpenFaaS; no dot means the default namespace."""
     name, dot, namespace = raw.rpartition(".")
@@ -79,46 +86,33 @@ def split_function_name(raw: str) -> tuple[str, str]:
 
 
 def _internal_error(status: int, message: str) -> web.Response:
-    """Errors the gateway itself produces, marked like faas-provider marks them."""
+    """Errors the gateway itself produces, marked the way faas-provider marks them."""
     return web.Response(status=status, text=message, headers={INTERNAL_HEADER: "proxy"})
 
 
-def _connection_tokens(value: str | None) -> frozenset[str]:
+def _connection_tokens(value: str) -> frozenset[str]:
     """Extra hop-by-hop names a ``Connection`` header lists (RFC 9110 §7.6.1)."""
-    if not value:
-        return frozenset()
     return frozenset(t.strip().lower() for t in value.split(","))
 
 
 class InvokeProxy:
-    """The request handler for /function/*, holding the pooled client session."""
+    """The request handler for /function/*, holding the upstream connection pool."""
 
-    __slots__ = ("_functions", "_max_body", "_on_invocation", "_session", "_timeout")
+    __slots__ = ("_functions", "_max_body", "_on_invocation", "_pool", "_timeout")
 
     def __init__(self, functions: Functions, settings: Settings, on_invocation: InvocationHook | None = None) -> None:
         self._functions = functions
         self._max_body = settings.max_invoke_body
         self._timeout = settings.timeouts.upstream
         self._on_invocation = on_invocation
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = Pool(tick=min(1.0, self._timeout / 4))
 
-    async def start(self, app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30.0, ttl_dns_cache=None)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            trust_env=False,
-            max_line_size=64 * 1024,
-            max_field_size=64 * 1024,
-        )
+    @property
+    def pool(self) -> Pool:
+        return self._pool
 
     async def close(self, app: web.Application) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._pool.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -145,82 +139,103 @@ class InvokeProxy:
     async def _forward(
         self, request: web.Request, endpoint: Endpoint, name: str, namespace: str
     ) -> web.StreamResponse:
-        session = self._session
-        assert session is not None, "InvokeProxy.start() was not called"
+        method = request.method
         rel = request.rel_url
         path = rel.raw_path
         slash = path.find("/", PREFIX_LEN)
-        tail = path[slash:] if slash != -1 else "/"
+        target = path[slash:] if slash != -1 else "/"
         query = rel.raw_query_string
-        url = URL(
-            f"http://{endpoint.host}:{endpoint.port}{tail}?{query}" if query
-            else f"http://{endpoint.host}:{endpoint.port}{tail}",
-            encoded=True,
-        )
+        if query:
+            target = f"{target}?{query}"
 
         in_headers = request.headers
         drop = _NOT_FORWARDED
         connection = in_headers.get("Connection")
         if connection:
             drop = drop | _connection_tokens(connection)
-        headers = [(k, v) for k, v in in_headers.items() if k.lower() not in drop]
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {endpoint.host}:{endpoint.port}\r\n"]
+        for k, v in in_headers.items():
+            if k.lower() not in drop:
+                lines.append(f"{k}: {v}\r\n")
         call_id = in_headers.get("X-Call-Id")
         if call_id is None:
-            call_id = str(uuid.uuid4())
-            headers.append(("X-Call-Id", call_id))
+            call_id = new_call_id()
+            lines.append(f"X-Call-Id: {call_id}\r\n")
         start_time = str(time.time_ns())
-        headers.append(("X-Start-Time", start_time))
+        lines.append(f"X-Start-Time: {start_time}\r\n")
         if "X-Forwarded-For" not in in_headers:
-            headers.append(("X-Forwarded-For", request.remote or ""))
+            lines.append(f"X-Forwarded-For: {request.remote}\r\n")
         if "X-Forwarded-Host" not in in_headers:
-            headers.append(("X-Forwarded-Host", request.host))
+            lines.append(f"X-Forwarded-Host: {request.host}\r\n")
 
         length = request.content_length
-        data: bytes | _CappedBody | None = None
+        body: bytes | _CappedBody | None = None
         capped: _CappedBody | None = None
+        chunked = False
         if length == 0 or (length is None and not request.body_exists):
-            pass
+            if method not in _NO_BODY_METHODS:
+                lines.append("Content-Length: 0\r\n")
         elif length is not None and length <= SMALL_BODY:
-            data = await request.content.readexactly(length)
+            try:
+                body = await request.content.readexactly(length)
+            except asyncio.IncompleteReadError:
+                return _internal_error(400, "the request body ended before its Content-Length")
+            lines.append(f"Content-Length: {length}\r\n")
         else:
-            data = capped = _CappedBody(request.content, self._max_body)
+            body = capped = _CappedBody(request.content, self._max_body)
+            if length is None:
+                chunked = True
+                lines.append("Transfer-Encoding: chunked\r\n")
+            else:
+                lines.append(f"Content-Length: {length}\r\n")
+        lines.append("\r\n")
+        # Header values come from aiohttp's parser (no CR/LF possible); surrogateescape restores raw bytes.
+        head = "".join(lines).encode("utf-8", "surrogateescape")
 
+        pool = self._pool
         try:
-            upstream = await session.request(request.method, url, headers=headers, data=data, allow_redirects=False)
-        except (aiohttp.ClientError, TimeoutError, _BodyTooLarge) as exc:
+            conn, upstream = await pool.request(
+                endpoint.host, endpoint.port, head, body, deadline=asyncio.get_running_loop().time() + self._timeout,
+                chunked=chunked, head_only=method == "HEAD", retry_stale=method in _IDEMPOTENT,
+            )
+        except TimeoutError:
+            return _internal_error(504, f"timeout calling {name}.{namespace}")
+        except ConnectionError:  # reading the client's body failed: it is gone
+            return _internal_error(400, "the client connection was lost while sending the body")
+        except (UpstreamError, _BodyTooLarge) as exc:
             if capped is not None and capped.overflow:
                 return _internal_error(413, f"request body larger than {self._max_body} bytes")
-            if isinstance(exc, TimeoutError):
-                return _internal_error(504, f"timeout calling {name}.{namespace}")
-            log.debug("upstream %s.%s failed: %r", name, namespace, exc)
+            log.debug("upstream %s.%s failed: %s", name, namespace, exc)
             return _internal_error(502, f"can't reach service for: {name}.{namespace}")
 
         try:
-            out = CIMultiDict[str]()
-            up_headers = upstream.headers
-            drop = HOP_BY_HOP
-            connection = up_headers.get("Connection")
-            if connection:
-                drop = drop | _connection_tokens(connection)
-            for k, v in up_headers.items():
-                if k.lower() not in drop:
-                    out.add(k, v)
+            complete = upstream.body_if_complete()
+            response: web.StreamResponse
+            if complete is not None:  # the common case: status, headers and body leave in one write
+                response = web.Response(body=complete, status=upstream.status, reason=upstream.reason,
+                                        headers=upstream.headers)
+            else:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                              headers=upstream.headers)
+            out = response.headers  # end-to-end headers only; the watchdog's win over ours, as in OpenFaaS
             if "X-Call-Id" not in out:
                 out["X-Call-Id"] = call_id
             if "X-Start-Time" not in out:
                 out["X-Start-Time"] = start_time
             if "Content-Type" not in out:
                 out["Content-Type"] = in_headers.get("Content-Type") or "text/plain"
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out)
+            if complete is not None:
+                return response
+
             await response.prepare(request)
             try:
-                async for chunk in upstream.content.iter_any():
+                while chunk := await upstream.read():
                     await response.write(chunk)
             except ConnectionError:
                 return response  # the client left; aiohttp closes the connection quietly
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (UpstreamError, TimeoutError) as exc:
                 # The status is sent already: cut the connection so the client sees a truncated body.
-                log.warning("upstream %s.%s failed mid-response: %r", name, namespace, exc)
+                log.warning("upstream %s.%s failed mid-response: %s", name, namespace, exc or "timeout")
                 response.force_close()
                 if request.transport is not None:
                     request.transport.close()
@@ -228,4 +243,4 @@ class InvokeProxy:
             await response.write_eof()
             return response
         finally:
-            upstream.release()
+            pool.release(conn)

@@ -139,6 +139,7 @@ class Launcher:
         self._secrets = secrets_store
         self._hosts = hosts_file
         self._resolv = resolv_file
+        self.on_address_released: Callable[[str, int], None] | None = None
 
     # --- creation ------------------------------------------------------------------------------
 
@@ -281,6 +282,9 @@ class Launcher:
             await self._delete_task(ns, cid)
         self._logs.detach(ns, cid)
         await self._network.teardown(instance.netkey)
+        if instance.ip and self.on_address_released is not None:
+            # the IP may be handed to another function next: drop pooled connections to it now
+            self.on_address_released(instance.ip, WATCHDOG_PORT)
 
     async def _delete_task(self, ns: str, cid: str) -> None:
         deadline = time.monotonic() + 10

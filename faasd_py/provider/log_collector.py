@@ -7,6 +7,11 @@ same pipes and nothing written meanwhile is lost (the kernel keeps it in the pip
 
 We open our end O_RDWR: the pipe then always has a writer, so there is no spurious EOF before the
 shim opens it, and the shim never gets EPIPE while the daemon restarts.
+
+Every line becomes one journal entry (journal_writer: never blocks the event loop) with fields
+that say whose it is; a line longer than 64 KiB becomes several entries, and bytes that are not
+UTF-8 are stored as they are. Nothing here waits for a newline or for journald, so a function
+can never stall on a full pipe.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from faasd_py.provider.journal_writer import JOURNAL_SOCKET, JournalWriter, field
 
 log = logging.getLogger(__name__)
 
-# journald refuses nothing below this, but giant entries are awkward to read; split there.
+# Longer lines are split into entries of this size (no byte is lost: joined they are the line).
 MAX_LINE = 64 * 1024
 PRIORITY = {"stdout": 6, "stderr": 3}  # info / err, as faasd does
 
@@ -35,82 +41,93 @@ class LogTarget:
     instance: str
 
     @functools.cached_property
-    def fields(self) -> dict[str, tuple[str, ...]]:
-        """The journal fields per stream, built once per instance, not per line."""
+    def headers(self) -> dict[str, bytes]:
+        """The journal fields of each stream, encoded once per instance, not per line."""
         common = (
-            f"SYSLOG_IDENTIFIER={self.namespace}:{self.function}",
-            f"OPENFAAS_NAME={self.function}",
-            f"OPENFAAS_NAMESPACE={self.namespace}",
-            f"OPENFAAS_INSTANCE={self.instance}",
+            field(b"SYSLOG_IDENTIFIER", f"{self.namespace}:{self.function}".encode()),
+            field(b"OPENFAAS_NAME", self.function.encode()),
+            field(b"OPENFAAS_NAMESPACE", self.namespace.encode()),
+            field(b"OPENFAAS_INSTANCE", self.instance.encode()),
         )
-        return {s: (f"PRIORITY={p}", f"OPENFAAS_STREAM={s}", *common) for s, p in PRIORITY.items()}
+        return {
+            stream: b"".join((field(b"PRIORITY", str(p).encode()), field(b"OPENFAAS_STREAM", stream.encode()), *common))
+            for stream, p in PRIORITY.items()
+        }
 
 
-class _Sink:
-    """Sends to journald if it is there; otherwise only drains (never blocks the function).
-
-    Uses ``journal.sendv`` with bytes: the message reaches journald byte-exact (binary output is
-    kept, not replaced), and it skips ``journal.send``'s stack inspection on every line.
-    """
-
-    def __init__(self, enabled: bool) -> None:
-        self._sendv: Any = None
-        self.dropped = 0
-        if enabled:
-            try:
-                from systemd import journal
-
-                self._sendv = journal.sendv
-            except ImportError:  # pragma: no cover - systemd-python is a dependency
-                log.warning("systemd-python is missing: function logs are drained but not stored")
-
-    def emit(self, target: LogTarget, stream: str, line: bytes) -> None:
-        if self._sendv is None:
-            return
-        try:
-            self._sendv(b"MESSAGE=" + line, *target.fields[stream])
-        except OSError:
-            # journald not running: keep draining so the function never stalls on a full pipe.
-            self.dropped += 1
+def cut(buf: bytes | bytearray, start: int, limit: int = MAX_LINE) -> int:
+    """Where the entry of an over-long line starting at ``start`` ends: after ``limit`` bytes,
+    moved back (at most 3 bytes) so that a UTF-8 character is not cut in two; binary data is
+    simply cut at ``limit``. ``buf`` must hold more than ``start + limit`` bytes."""
+    end = start + limit
+    for i in range(end, max(end - 3, start + 1) - 1, -1):
+        if buf[i] & 0xC0 != 0x80:  # not a continuation byte: a character starts here
+            return i
+    return end
 
 
 class _PipeProtocol(asyncio.Protocol):
-    def __init__(self, sink: _Sink, target: LogTarget, stream: str) -> None:
-        self._sink = sink
-        self._target = target
-        self._stream = stream
+    """Splits one stream into lines; never waits for a newline beyond MAX_LINE bytes."""
+
+    def __init__(self, writer: JournalWriter | None, target: LogTarget, stream: str) -> None:
+        self._writer = writer
+        self._header = target.headers[stream]
         self._buf = bytearray()
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
+        if self._writer is None:
+            return  # journald disabled: only drain
+        buf = self._buf
+        buf += data
+        start = 0
         while True:
-            nl = self._buf.find(b"\n")
+            nl = buf.find(b"\n", start)
+            stop = nl if nl >= 0 else len(buf)
+            while stop - start > MAX_LINE:  # over-long: entries of MAX_LINE, the rest stays a line
+                end = cut(buf, start)
+                self._emit(buf, start, end)
+                start = end
             if nl < 0:
                 break
-            self._flush(bytes(self._buf[:nl]))
-            del self._buf[: nl + 1]
-        while len(self._buf) >= MAX_LINE:
-            self._flush(bytes(self._buf[:MAX_LINE]))
-            del self._buf[:MAX_LINE]
+            self._emit(buf, start, nl - 1 if nl > start and buf[nl - 1] == 0x0D else nl)  # CRLF too
+            start = nl + 1
+        del buf[:start]
 
-    def _flush(self, line: bytes) -> None:
-        self._sink.emit(self._target, self._stream, line.rstrip(b"\r"))
+    def _emit(self, buf: bytearray, start: int, end: int) -> None:
+        assert self._writer is not None
+        self._writer.send(self._header, bytes(buf[start:end]))
 
     def eof_received(self) -> bool | None:
-        if self._buf:
-            self._flush(bytes(self._buf))
-            self._buf.clear()
+        if self._buf and self._writer is not None:
+            self._emit(self._buf, 0, len(self._buf))
+        self._buf.clear()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof_received()
 
 
+def _read_available(fd: int, limit: int = 1 << 20) -> list[bytes]:
+    """What a non-blocking pipe holds right now (bounded, should a writer still be busy)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return chunks
+
+
 class LogCollector:
-    def __init__(self, fifo_dir: Path, *, journald: bool = True) -> None:
+    def __init__(self, fifo_dir: Path, *, journald: bool = True, journal_socket: str = JOURNAL_SOCKET) -> None:
         self._dir = fifo_dir
-        self._sink = _Sink(journald)
-        self._transports: dict[tuple[str, str], list[asyncio.BaseTransport]] = {}
+        self._writer = JournalWriter(journal_socket) if journald else None
+        self._pipes: dict[tuple[str, str], list[tuple[asyncio.ReadTransport, _PipeProtocol, int]]] = {}
 
     def paths(self, namespace: str, instance: str) -> tuple[Path, Path]:
         base = self._dir / namespace
@@ -119,11 +136,11 @@ class LogCollector:
     async def attach(self, target: LogTarget) -> tuple[str, str]:
         """Create (or reopen) the instance's FIFOs and start draining them; returns their paths."""
         key = (target.namespace, target.instance)
-        if key in self._transports:
+        if key in self._pipes:
             out, err = self.paths(target.namespace, target.instance)
             return str(out), str(err)
         loop = asyncio.get_running_loop()
-        transports: list[asyncio.BaseTransport] = []
+        pipes: list[tuple[asyncio.ReadTransport, _PipeProtocol, int]] = []
         paths = self.paths(target.namespace, target.instance)
         paths[0].parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stream, path in zip(("stdout", "stderr"), paths, strict=True):
@@ -135,15 +152,22 @@ class LogCollector:
                 os.mkfifo(path, 0o600)
             fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             pipe = os.fdopen(fd, "rb", buffering=0)
-            transport, _ = await loop.connect_read_pipe(functools.partial(_PipeProtocol, self._sink, target, stream),
-                                                        pipe)
-            transports.append(transport)
-        self._transports[key] = transports
+            transport, protocol = await loop.connect_read_pipe(
+                functools.partial(_PipeProtocol, self._writer, target, stream), pipe)
+            pipes.append((transport, protocol, fd))
+        self._pipes[key] = pipes
         return str(paths[0]), str(paths[1])
 
     def detach(self, namespace: str, instance: str, *, remove: bool = True) -> None:
-        """Stop draining (after the task is gone) and delete the FIFOs."""
-        for transport in self._transports.pop((namespace, instance), []):
+        """Stop draining (after the task is gone) and delete the FIFOs.
+
+        What the task wrote just before it exited may still be in the pipe (the loop has not run
+        the reader since): read it out first, so a crashing function's last words are kept.
+        """
+        for transport, protocol, fd in self._pipes.pop((namespace, instance), []):
+            if not transport.is_closing():
+                for chunk in _read_available(fd):
+                    protocol.data_received(chunk)
             transport.close()
         if remove:
             for path in self.paths(namespace, instance):
@@ -160,9 +184,12 @@ class LogCollector:
                     self.detach(ns_dir.name, path.name.rsplit(".", 1)[0])
 
     def close(self) -> None:
-        for key in list(self._transports):
+        for key in list(self._pipes):
             self.detach(*key, remove=False)
+        if self._writer is not None:
+            self._writer.close()
 
     @property
     def dropped(self) -> int:
-        return self._sink.dropped
+        """Lines that could not be handed to journald (not running, or far behind)."""
+        return self._writer.dropped if self._writer is not None else 0

@@ -3,7 +3,8 @@
 ``journalctl -o json`` in a subprocess, filtered on the fields the collector writes: it follows
 new entries without polling, handles ``--since``/``-n`` itself, and keeps the blocking journal
 API off the event loop. The stream ends when the client disconnects (the caller closes the
-generator, which kills journalctl) — never on a timeout.
+generator, which kills journalctl), never on a timeout. Bytes that are not UTF-8 reach the
+client as U+FFFD (faas-cli's messages are JSON strings).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 
 from faasd_py.errors import RuntimeFailure
@@ -22,9 +23,11 @@ from faasd_py.types import LogMessage
 def journalctl_args(
     name: str, namespace: str, *, instance: str, tail: int, since: datetime | None, follow: bool
 ) -> list[str]:
-    args = ["journalctl", "--no-pager", "--output=json", "--utc", "--quiet"]
+    # --all: without it journalctl prints fields over 4 KiB as null in JSON (our entries go to 64 KiB)
+    args = ["journalctl", "--no-pager", "--output=json", "--all", "--quiet"]
     if since is not None:
-        args.append("--since=" + since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))
+        # seconds since the epoch: exact, and free of journalctl's local-time parsing
+        args.append(f"--since=@{since.timestamp():.6f}")
     # faas-cli sends tail=-1 for "everything"; journalctl's -f alone would show only 10 lines
     args.append(f"--lines={tail}" if tail >= 0 else "--lines=all")
     if follow:
@@ -40,7 +43,7 @@ def parse_entry(line: bytes) -> LogMessage | None:
         entry = json.loads(line)
     except ValueError:
         return None
-    message = entry.get("MESSAGE", "")
+    message = entry.get("MESSAGE") or ""
     if isinstance(message, list):  # journald's JSON for non-UTF-8 payloads: a list of byte values
         message = bytes(message).decode("utf-8", errors="replace")
     micros = int(entry.get("__REALTIME_TIMESTAMP", "0"))
@@ -63,7 +66,7 @@ class JournalLogs:
         tail: int = -1,
         since: datetime | None = None,
         follow: bool = False,
-    ) -> AsyncIterator[LogMessage]:
+    ) -> AsyncGenerator[LogMessage, None]:
         if shutil.which("journalctl") is None:
             raise RuntimeFailure("function log request failed: journalctl is not installed")
         args = journalctl_args(name, namespace, instance=instance, tail=tail, since=since, follow=follow)
@@ -73,7 +76,13 @@ class JournalLogs:
         )
         assert proc.stdout is not None
         try:
-            async for line in proc.stdout:
+            while True:
+                try:
+                    line = await proc.stdout.readline()
+                except ValueError:  # one entry over the limit (written by something else): skip it
+                    continue
+                if not line:
+                    break
                 msg = parse_entry(line)
                 if msg is not None:
                     yield msg

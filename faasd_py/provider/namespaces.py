@@ -3,15 +3,20 @@
 ``openfaas-fn`` is always valid (containerd creates it on first use). Every other namespace
 must carry the label, so the daemon never deploys into containerd namespaces it does not own
 (``moby``, ``k8s.io`` ...). The answer to "does this namespace exist" is cached because every
-deploy and every listing asks it.
+deploy and every listing asks it; a miss asks containerd again, so a namespace labelled with
+``ctr`` behind our back is found too.
+
+Deleting a namespace refuses while functions or secrets live in it (409 naming them), then
+empties what containerd keeps there besides containers (the pulled images) and deletes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from faasd_py.errors import Conflict, ContainerdNotFound, InvalidRequest, NotFound
+from faasd_py.errors import Conflict, ContainerdError, ContainerdNotFound, InvalidRequest, NotFound
 from faasd_py.runtime.client import ContainerdClient
+from faasd_py.runtime.purge import purge_namespace, remove_runtime_dirs
 from faasd_py.types import DEFAULT_NAMESPACE, FunctionNamespace, validate_name
 
 OPENFAAS_LABEL = "openfaas"
@@ -27,17 +32,20 @@ class NamespaceService:
         client: ContainerdClient,
         *,
         occupants: Callable[[str], list[str]] | None = None,
+        snapshotters: Iterable[str] = ("overlayfs",),
     ) -> None:
         self._client = client
+        self._snapshotters = tuple(snapshotters)
         self._cache: dict[str, dict[str, str]] | None = None
+        self._deleting: set[str] = set()  # a deploy must not land in a namespace being emptied
         # tells what still lives in a namespace (functions, secrets) so delete can refuse with names
         self._occupants = occupants or (lambda ns: [])
 
     def set_occupants(self, occupants: Callable[[str], list[str]]) -> None:
         self._occupants = occupants
 
-    async def _all(self) -> dict[str, dict[str, str]]:
-        if self._cache is None:
+    async def _all(self, refresh: bool = False) -> dict[str, dict[str, str]]:
+        if self._cache is None or refresh:
             listed = await self._client.list_namespaces()
             self._cache = {n: labels for n, labels in listed.items() if _is_openfaas(labels)}
         return self._cache
@@ -47,7 +55,11 @@ class NamespaceService:
         return [DEFAULT_NAMESPACE, *names]
 
     async def exists(self, name: str) -> bool:
-        return name == DEFAULT_NAMESPACE or name in await self._all()
+        if name == DEFAULT_NAMESPACE:
+            return True
+        if name in self._deleting:
+            return False
+        return name in await self._all() or name in await self._all(refresh=True)
 
     async def require(self, name: str) -> None:
         """Raise the 400 faas-provider gives for a deploy/list into an unknown namespace."""
@@ -87,14 +99,26 @@ class NamespaceService:
             raise InvalidRequest(f"namespace {name} is the default namespace and cannot be deleted")
         if name not in await self._all():
             raise NotFound(f"namespace {name} not found")
+        if name in self._deleting:
+            raise Conflict(f"namespace {name} is being deleted")
         left = self._occupants(name)
         if left:
             raise Conflict(f"namespace {name} is not empty: it still has {', '.join(left)}")
+        self._deleting.add(name)
         try:
+            await purge_namespace(self._client, name, self._snapshotters)
             await self._client.delete_namespace(name)
         except ContainerdNotFound as exc:
             raise NotFound(f"namespace {name} not found") from exc
-        self._cache = None
+        except ContainerdError as exc:
+            if exc.code != "FAILED_PRECONDITION":
+                raise
+            # something landed in it meanwhile (a deploy that was already past its checks)
+            raise Conflict(f"namespace {name} is not empty: {exc.message}") from exc
+        finally:
+            self._deleting.discard(name)
+            self._cache = None
+        remove_runtime_dirs(name)
 
 
 # Annotations share containerd's single label map, under a prefix (as faasd stores them).

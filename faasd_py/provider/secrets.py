@@ -77,10 +77,13 @@ class SecretStore:
             path.unlink()
         except FileNotFoundError as exc:
             raise NotFound(f"unable to find secret: {name}") from exc
+        with contextlib.suppress(OSError):  # the namespace's last secret: leave no empty directory
+            path.parent.rmdir()
 
     def _store_value(self, path: Path, value: bytes) -> None:
-        self._store.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.parent.mkdir(exist_ok=True, mode=0o700)
+        for d in (self._store, path.parent):  # also tightens a directory made by hand or by an older version
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
         tmp = path.with_name(f".{path.name}.tmp")
         _write_in_place(tmp, value, 0o600)
         os.replace(tmp, path)

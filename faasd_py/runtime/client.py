@@ -9,10 +9,13 @@ at start, so nothing here may fan out per item).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -41,6 +44,9 @@ from faasd_py.runtime.model import ContainerInfo, Event, Mount, TaskInfo, TaskSt
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
 NAMESPACE_HEADER = "containerd-namespace"
+_PROBE_TOPIC_PREFIX = "/faasd-py/subscribed/"
+_PROBE_TYPE_URL = "faasd-py.SubscriptionProbe"
+_PROBE_NAMESPACE = "faasd-py"  # events need a namespace; publishing one does not create it
 
 # containerd's own limit is 16 MiB; a list of hundreds of containers with large extensions must fit
 _MAX_MESSAGE = 64 * 1024 * 1024
@@ -143,37 +149,79 @@ def _task(p: Any) -> TaskInfo:
 
 
 class EventStream:
-    """One long-lived containerd event subscription, decoded.
+    """One long-lived containerd event subscription, decoded; close it with :meth:`aclose`.
 
-    The RPC starts when the stream is created, not on first iteration, so a caller can
-    subscribe and then act without missing the events its own action causes (await
-    :meth:`started` to be sure the request went out). Close it with :meth:`aclose`.
+    containerd never acknowledges a subscription (no response headers until the first event),
+    so :meth:`started` proves it is live: it publishes a private probe event that the stream's
+    filters also match and waits for it to come back. After that, nothing the caller does can
+    be missed, which is what a restore (subscribe, then list and reconcile) relies on.
     """
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, probe_topic: str, probe: Callable[[], Awaitable[None]], timeout: float) -> None:
         self._call = call
+        self._probe = probe
+        self._timeout = timeout
         self._iterator: AsyncIterator[Any] = call.__aiter__()
+        self._probe_topic = probe_topic
+        self._early: collections.deque[Any] = collections.deque()  # events seen while waiting for the probe
 
     async def started(self) -> None:
-        with _rpc("subscribe to events"):
-            await self._call.wait_for_connection()
+        """Return once the subscription is active in containerd (ContainerdUnavailable if it never is)."""
+        reader = asyncio.ensure_future(self._read_until_probe())
+        prober = asyncio.ensure_future(self._keep_probing())
+        try:
+            done, _ = await asyncio.wait({reader, prober}, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            prober.cancel()
+        if reader in done:
+            if isinstance(reader.exception(), StopAsyncIteration):
+                raise ContainerdUnavailable("containerd: the event stream closed while subscribing", "CANCELLED")
+            reader.result()
+            return
+        reader.cancel()  # a cancelled read cancels the RPC: this stream is unusable now
+        if prober in done:
+            prober.result()  # raises the publish error
+        raise ContainerdUnavailable(
+            f"containerd: event subscription not active after {self._timeout:g}s", "DEADLINE_EXCEEDED"
+        )
+
+    async def _read_until_probe(self) -> None:
+        while True:
+            envelope = await self._receive()
+            if envelope.topic == self._probe_topic:
+                return
+            self._early.append(envelope)
+
+    async def _keep_probing(self) -> None:
+        """The first probe can race the subscription itself, so repeat until one comes back."""
+        delay = 0.02
+        while True:
+            await self._probe()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Event:
-        try:
-            envelope = await self._iterator.__anext__()
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.CANCELLED:
-                raise StopAsyncIteration from None
-            raise map_rpc_error(e, "receive events") from None
+        while True:
+            envelope = self._early.popleft() if self._early else await self._receive()
+            if envelope.topic != self._probe_topic:
+                break
         return Event(
             namespace=envelope.namespace,
             topic=envelope.topic,
             timestamp=_datetime(envelope.timestamp),
             payload=decode_event_payload(envelope.event),
         )
+
+    async def _receive(self) -> Any:
+        try:
+            return await self._iterator.__anext__()
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:
+                raise StopAsyncIteration from None
+            raise map_rpc_error(e, "receive events") from None
 
     async def aclose(self) -> None:
         self._call.cancel()
@@ -492,6 +540,16 @@ class ContainerdClient:
     # --- events ------------------------------------------------------------------------------
 
     def subscribe(self, *filters: str) -> EventStream:
-        """Subscribe to events (OR-ed containerd filters, e.g. ``namespace==x,topic~="/tasks/"``)."""
-        call = self._s.events.Subscribe(events_pb2.SubscribeRequest(filters=list(filters)))
-        return EventStream(call)
+        """Subscribe to events (OR-ed containerd filters, e.g. ``namespace==x,topic~="/tasks/"``).
+
+        The request goes out at once; await ``started()`` on the result to know it is active.
+        """
+        probe_topic = f"{_PROBE_TOPIC_PREFIX}{uuid.uuid4().hex}"
+        all_filters = [*filters, f'topic=="{probe_topic}"'] if filters else []  # no filter matches everything
+        call = self._s.events.Subscribe(events_pb2.SubscribeRequest(filters=all_filters))
+        return EventStream(call, probe_topic, functools.partial(self._publish_probe, probe_topic), self.timeout)
+
+    async def _publish_probe(self, topic: str) -> None:
+        request = events_pb2.PublishRequest(topic=topic, event=any_pb2.Any(type_url=_PROBE_TYPE_URL))
+        with _rpc("publish the event subscription probe"):
+            await self._s.events.Publish(request, metadata=self.metadata(_PROBE_NAMESPACE), timeout=self.timeout)

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,9 +247,26 @@ class RegistryClient:
             return resp.status == 200
         raise ImageError(f"{ep}: checking blob {digest} of {ref.name}: HTTP {resp.status}")
 
-    async def push_blob(self, ref: Reference, digest: str, data: bytes) -> None:
-        """Monolithic upload: POST opens an upload session, one PUT sends the bytes and the digest."""
-        oci.verify_digest(data, digest, f"blob for {ref.name}")
+    async def push_blob(self, ref: Reference, digest: str, data: bytes | Path | AsyncIterable[bytes],
+                        size: int | None = None) -> None:
+        """Monolithic upload: POST opens an upload session, one PUT sends the blob and its digest.
+
+        ``data`` is streamed, never held whole in memory, unless it is bytes already: a Path is
+        read in chunks (after checking it against ``digest`` and ``size``), an async iterator is
+        sent as it comes (the registry checks the digest; pass ``size`` to avoid a chunked body).
+        """
+        what = f"blob for {ref.name}"
+        body: Callable[[], bytes | AsyncIterable[bytes]]
+        if isinstance(data, bytes):
+            oci.verify_digest(data, digest, what)
+            size = len(data)
+            body = lambda: data  # noqa: E731 - the same bytes on every attempt
+        elif isinstance(data, Path):
+            size = await asyncio.to_thread(_check_file, data, digest, size, what)
+            path, length = data, size
+            body = lambda: _file_chunks(path, length)  # noqa: E731 - a fresh reader on every attempt
+        else:
+            body = _once_only(data, digest)
         ep = self._push_endpoint(ref)
         resp = await self._request(ep, "POST", f"/v2/{ref.path}/blobs/uploads/", repo=ref.path, push=True)
         if resp.status == 201:
@@ -260,8 +277,10 @@ class RegistryClient:
         resp.release()
         url = urljoin(ep.url + "/", resp.headers["Location"])
         url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
-        resp = await self._request(ep, "PUT", "", url=url, repo=ref.path, push=True, data=data,
-                                   headers={"Content-Type": "application/octet-stream"})
+        headers = {"Content-Type": "application/octet-stream"}
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        resp = await self._request(ep, "PUT", "", url=url, repo=ref.path, push=True, data=body, headers=headers)
         if resp.status != 201:
             raise ImageError(f"{ep}: uploading {digest} to {ref.name}: {await _error_detail(resp)}")
         resp.release()
@@ -309,16 +328,18 @@ class RegistryClient:
             manifest = oci.parse_manifest(body, what)
             for blob in (manifest.config, *manifest.layers):
                 if not await self.blob_exists(ref, blob.digest):
-                    await self.push_blob(ref, blob.digest, await _read_layout_blob(layout_dir, blob.digest))
+                    await self.push_blob(ref, blob.digest, _layout_blob_path(layout_dir, blob.digest), blob.size)
         dest = ref if top else dataclasses.replace(ref, tag=None, digest=digest)
         return await self.put_manifest(dest, media_type, body)
 
     # --- HTTP with auth --------------------------------------------------------------------
 
     async def _request(self, ep: Endpoint, method: str, path: str, *, repo: str, push: bool = False,
-                       headers: dict[str, str] | None = None, data: bytes | None = None,
+                       headers: dict[str, str] | None = None,
+                       data: bytes | Callable[[], bytes | AsyncIterable[bytes]] | None = None,
                        url: str | None = None) -> aiohttp.ClientResponse:
-        """Send, answer one auth challenge and send again; the caller releases the response."""
+        """Send, answer one auth challenge and send again; the caller releases the response.
+        A callable ``data`` gives the body of each attempt (a stream can be sent only once)."""
         scope = f"repository:{repo}:{'pull,push' if push else 'pull'}"
         target = yarl.URL(url or ep.url + path, encoded=True)
         for attempt in (1, 2):
@@ -327,7 +348,8 @@ class RegistryClient:
             if auth:
                 sent["Authorization"] = auth
             try:
-                resp = await self._http().request(method, target, headers=sent, data=data)
+                body = data() if callable(data) else data
+                resp = await self._http().request(method, target, headers=sent, data=body)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise ImageError(f"{ep}: {method} {target.path}: {_describe(exc)}") from exc
             if resp.status not in (401, 403):
@@ -416,11 +438,15 @@ def _covers(scope: str, other: str) -> bool:
     return len(theirs) == 2 and mine[0] == theirs[0] and set(theirs[1].split(",")) <= set(mine[1].split(","))
 
 
-async def _read_layout_blob(layout_dir: Path, digest: str) -> bytes:
+def _layout_blob_path(layout_dir: Path, digest: str) -> Path:
     algorithm, _, hex_part = digest.partition(":")
     if not algorithm.isalnum() or not hex_part.isalnum():
         raise ImageError(f"{layout_dir}: invalid digest {digest!r}")
-    path = layout_dir / "blobs" / algorithm / hex_part
+    return layout_dir / "blobs" / algorithm / hex_part
+
+
+async def _read_layout_blob(layout_dir: Path, digest: str) -> bytes:
+    path = _layout_blob_path(layout_dir, digest)
     try:
         data = await asyncio.to_thread(path.read_bytes)
     except OSError as exc:
@@ -428,3 +454,54 @@ async def _read_layout_blob(layout_dir: Path, digest: str) -> bytes:
     oci.verify_digest(data, digest, f"{layout_dir} blob {digest}")
     return data
 
+
+def _check_file(path: Path, digest: str, size: int | None, what: str) -> int:
+    """Hashes the file in chunks; returns its size, raises ImageError unless it matches."""
+    algorithm = digest.partition(":")[0]
+    if algorithm not in hashlib.algorithms_available:
+        raise ImageError(f"{what}: unsupported digest algorithm in {digest}")
+    hasher, total = hashlib.new(algorithm), 0
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                hasher.update(chunk)
+                total += len(chunk)
+    except OSError as exc:
+        raise ImageError(f"{what}: cannot read {path} ({exc.strerror})") from exc
+    if f"{algorithm}:{hasher.hexdigest()}" != digest or (size is not None and total != size):
+        raise ImageError(f"{what}: {path} does not match digest {digest}" + (f" and size {size}" if size else ""))
+    return total
+
+
+async def _file_chunks(path: Path, size: int) -> AsyncGenerator[bytes, None]:
+    """The file's ``size`` bytes in chunks. The file is closed before the last chunk is handed
+    out: with a Content-Length aiohttp stops asking after it, so a ``finally`` alone would wait
+    for the generator to be garbage collected."""
+    f = await asyncio.to_thread(path.open, "rb")
+    try:
+        remaining = size
+        while remaining > 0:
+            chunk = await asyncio.to_thread(f.read, min(CHUNK, remaining))
+            if not chunk:
+                raise ImageError(f"{path} became shorter while it was being uploaded")
+            remaining -= len(chunk)
+            if remaining == 0:
+                f.close()
+            yield chunk
+    finally:
+        f.close()  # idempotent; reached on errors and cancellation
+
+
+def _once_only(stream: AsyncIterable[bytes], digest: str) -> Callable[[], AsyncIterable[bytes]]:
+    """A stream as a body factory: the second attempt (after an auth challenge) cannot replay it."""
+    used = False
+
+    def body() -> AsyncIterable[bytes]:
+        nonlocal used
+        if used:
+            raise ImageError(f"blob {digest}: the registry asked for credentials after the stream was sent; "
+                             "push it from a file or bytes to allow a retry")
+        used = True
+        return stream
+
+    return body

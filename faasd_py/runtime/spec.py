@@ -26,6 +26,7 @@ def nofile_limit() -> int:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return NOFILE_LIMIT if hard == resource.RLIM_INFINITY else min(NOFILE_LIMIT, hard)
 
+
 # What a web process needs and nothing more: file ownership and permission handling for its own
 # files (CHOWN, DAC_OVERRIDE, FOWNER, FSETID), dropping to another user (SETUID, SETGID), signalling
 # its children (KILL) and binding a low port (NET_BIND_SERVICE). Deliberately absent: NET_RAW

@@ -168,6 +168,20 @@ async def _wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _wait_ready(client: ContainerdClient, cid: str, out: Path, timeout: float = 10.0) -> None:
+    """Until the script prints "ready"; fails at once, with its exit code (2, 3, 4 above), if it exits."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        text = await _read(out) if await asyncio.to_thread(out.exists) else ""
+        if "ready" in text:
+            return
+        task = await client.get_task(NS, cid)
+        if task is not None and task.state == TaskState.STOPPED:
+            raise AssertionError(f"the container exited with status {task.exit_status}; output: {text!r}")
+        await asyncio.sleep(0.02)
+    raise AssertionError("the container did not get ready")
+
+
 def _status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
@@ -196,7 +210,8 @@ async def test_task_lifecycle(client: ContainerdClient, netns: str, testenv: Tes
     await stream.started()
     collector = asyncio.create_task(_collect(stream, events))
 
-    mounts = await client.prepare_snapshot(NS, key, "", labels={"test": "1"})
+    # gc.root: an unreferenced snapshot is collected by the GC any deletion triggers (as in the provider)
+    mounts = await client.prepare_snapshot(NS, key, "", labels={"containerd.io/gc.root": "test"})
     assert key in await client.list_snapshots(NS)
     assert await client.snapshot_mounts(NS, key) == mounts
     assert [m.type for m in mounts] == ["bind"]  # an empty parent gives a plain bind mount of the snapshot dir
@@ -223,7 +238,7 @@ async def test_task_lifecycle(client: ContainerdClient, netns: str, testenv: Tes
         assert pid > 0
         assert (await client.get_task(NS, cid)).state == TaskState.CREATED  # type: ignore[union-attr]
         assert await client.start_task(NS, cid) == pid
-        await _wait_for(lambda: out.exists() and "ready" in out.read_text(), "the container to get ready")
+        await _wait_ready(client, cid, out)
         assert "uid=12000 gid=12000" in await _read(out)
 
         task = await client.get_task(NS, cid)

@@ -73,7 +73,10 @@ class Installer:
             "FAASD_PY_NETWORK__NETNS_PREFIX": s.network.netns_prefix,
             "FAASD_PY_NETWORK__IPAM_DIR": str(root / "ipam"),
             "FAASD_PY_REGISTRY__INSECURE": env.registry,
+            # no core services here: they would publish fixed loopback ports (4222, 9090)
+            "FAASD_PY_COMPOSE_FILE": str(root / "compose" / "docker-compose.yaml"),
         }
+        self.compose = root / "compose" / "docker-compose.yaml"
         self.url = f"http://127.0.0.1:{s.port}"
         self.state = root / "state"
         self.pidfile = root / "run" / "faasd-py.pid"
@@ -117,6 +120,8 @@ def installer(testenv: TestEnv, tmp_path: Path) -> Iterator[Installer]:
 
 def test_install_upgrade_uninstall_purge(installer: Installer) -> None:
     inst = installer
+    inst.compose.parent.mkdir()
+    inst.compose.write_text("services: {}  # mine\n")
     t0 = time.monotonic()
     first = inst.run(first=True)
     took_first = time.monotonic() - t0
@@ -134,6 +139,12 @@ def test_install_upgrade_uninstall_purge(installer: Installer) -> None:
     assert status(f"{inst.url}/system/functions", ("admin", password)) == 200, inst.daemon_log()
     assert status(f"{inst.url}/system/functions", ("admin", "wrong")) == 401
     assert not (inst.root / "run" / "containerd.pid").exists()  # the session's containerd answered
+    # an existing compose file is kept; the Prometheus config is installed beside it
+    assert inst.compose.read_text() == "services: {}  # mine\n"
+    assert (inst.compose.parent / "prometheus.yml").read_text() == (REPO / "prometheus.yml").read_text()
+    images = subprocess.run(["ctr", "-a", inst.settings.containerd_socket, "-n", "openfaas", "images", "ls", "-q"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert {"localhost/faasd-py/nats:latest", "localhost/faasd-py/prometheus:latest"} <= set(images)
     config = inst.config.read_text()
     assert f"\nport: {inst.settings.port}\n" in config and f"\nstate_dir: {inst.state}\n" in config
     pid1 = inst.pid()

@@ -39,7 +39,7 @@ def test_split_function_name() -> None:
 
 
 async def test_faas_cli_invoke(wd_gw: tuple[Watchdog, Gateway]) -> None:
-    wd, gw = wd_gw
+    _, gw = wd_gw
     resp = await gw.client.post(FN, data=b"hello", headers={
         "Content-Type": "text/plain", "User-Agent": "faas-cli/0.17.0 (openfaas; linux; amd64)"})
     assert resp.status == 200
@@ -73,9 +73,55 @@ async def test_paths_and_queries_pass_through_raw(wd_gw: tuple[Watchdog, Gateway
 
 async def test_head_passes_through(wd_gw: tuple[Watchdog, Gateway]) -> None:
     _, gw = wd_gw
-    resp = await gw.client.head(FN)
+    size = len(await (await gw.client.get("/function/fn1/gzip", auto_decompress=False)).read())
+    resp = await gw.client.head("/function/fn1/gzip")
     assert resp.status == 200
+    assert resp.headers["Content-Length"] == str(size)  # the watchdog's, not 0
     assert await resp.read() == b""
+
+
+async def test_expect_100_continue_is_answered_by_the_gateway(wd_gw: tuple[Watchdog, Gateway]) -> None:
+    _, gw = wd_gw
+    resp = await gw.client.post(FN, data=b"after continue", expect100=True)
+    assert resp.status == 200
+    seen = await resp.json()
+    assert seen["body"] == "after continue"
+    assert header_values(seen, "Expect") == []
+
+
+async def test_raw_watchdog_chunked_with_trailers_and_no_content_type(tmp_path: Path) -> None:
+    """A non-aiohttp upstream: chunked framing is re-done by the gateway, trailers dropped, Content-Type
+    falls back to the request's (faas-provider's rule)."""
+
+    async def watchdog(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(
+                    b"content-length:")), 0)
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+                             b"3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the gateway closed its pooled connection
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(watchdog, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        async with running_gateway(tmp_path) as gw:
+            gw.deploy("fn1", endpoint=Endpoint("127.0.0.1", port, "raw"))
+            for _ in range(2):
+                resp = await gw.client.post(FN, data=b"x", headers={"Content-Type": "application/json"})
+                assert resp.status == 200
+                assert await resp.read() == b"abc"
+                assert resp.headers["Content-Type"] == "application/json"
+                assert "X-Sum" not in resp.headers and "Trailer" not in resp.headers
+    finally:
+        srv.close()
+        await srv.wait_closed()
 
 
 async def test_call_id_start_time_and_forwarded_headers(wd_gw: tuple[Watchdog, Gateway]) -> None:
@@ -189,7 +235,7 @@ async def test_echo_stream_round_trip(wd_gw: tuple[Watchdog, Gateway]) -> None:
 
 
 async def test_invoke_body_limit_is_413(tmp_path: Path) -> None:
-    async with running_watchdog() as (wd, endpoint), running_gateway(tmp_path, max_invoke_body=100_000) as gw:
+    async with running_watchdog() as (_, endpoint), running_gateway(tmp_path, max_invoke_body=100_000) as gw:
         gw.deploy("fn1", endpoint=endpoint)
         declared = await gw.client.post(FN, data=b"a" * 100_001)
         assert declared.status == 413

@@ -586,7 +586,9 @@ def test_http_mode_keep_alive_reuses_the_upstream_connection(http_watchdog: Call
             r = _read_response(f)
             durations.append(time.monotonic() - t0)
             assert json.loads(r.body)["body"] == str(i)
-    assert max(durations[1:]) < 0.03  # no Nagle/delayed-ACK stalls on reused connections
+    # no Nagle/delayed-ACK stall (40 ms each time) on reused connections; the median tolerates a
+    # scheduling hiccup on a busy machine
+    assert sorted(durations[1:])[2] < 0.03
 
 
 def test_http_mode_concurrency_and_large_bodies(http_watchdog: Callable[..., Watchdog]) -> None:

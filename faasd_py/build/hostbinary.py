@@ -1,0 +1,233 @@
+"""Images holding one host program: the binary, the shared libraries ``ldd`` lists (none for a
+static Go binary), CA certificates, a minimal ``/etc`` with ``nobody`` and a ``/tmp``.
+
+This is how the core services (NATS, Prometheus) get images without the Internet: Debian
+packages them, so the image is assembled from the installed files. Every file keeps its host
+path (the binary finds its data where the package put it) and every entry gets the same mtime
+(``SOURCE_DATE_EPOCH`` or 0), so the same host files always give the same digests. The layer is
+cached under a key made of the stat data of every file it holds, like the Python base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from faasd_py.build.base import DEFAULT_PATH
+from faasd_py.build.function import BuiltImage
+from faasd_py.build.hostbase import _extra_host_paths, _ldd, _oci_arch, _stat_key, default_cache_dir
+from faasd_py.build.layer import (
+    Entry,
+    Layer,
+    dir_entry,
+    file_entry,
+    link_blob,
+    put_blob,
+    source_date_epoch,
+    symlink_entry,
+    with_parents,
+    write_layer,
+)
+from faasd_py.build.layout import MEDIA_CONFIG, MEDIA_MANIFEST, REF_NAME, add_manifest, canonical_json, init_layout
+from faasd_py.errors import ImageError, InvalidRequest
+
+LAYER_FORMAT = 1  # bump when the layer content rules change, to invalidate caches
+NOBODY = 65534
+PASSWD = "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+GROUP = "root:x:0:\nnogroup:x:65534:\n"
+NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n"
+_MAX_SYMLINK_HOPS = 40
+
+
+@dataclass(frozen=True)
+class HostBinarySpec:
+    """One program from the host. ``extra_paths`` (files or whole directories, symlinks followed
+    and kept as symlinks) land at their host paths; ``exclude`` drops host subtrees from them;
+    ``files`` are generated files; ``dirs`` are empty directories with (mode, uid, gid)."""
+
+    name: str
+    binary: Path
+    cmd: Sequence[str] = ()
+    entrypoint: Sequence[str] | None = None  # default: [binary]
+    extra_paths: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    files: Mapping[str, bytes | str] = field(default_factory=dict)
+    dirs: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    user: str = f"{NOBODY}:{NOBODY}"
+    workdir: str = "/"
+    exposed_ports: Sequence[str] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+def build_host_binary_image(spec: HostBinarySpec, out_layout: Path, refs: Sequence[str], *,
+                            cache_dir: Path | None = None, compression: str = "gzip") -> BuiltImage:
+    """Writes the image into the OCI layout ``out_layout`` under each ref name in ``refs``
+    (full references such as ``localhost/faasd-py/nats:2.9.10``); returns the first."""
+    if not refs:
+        raise InvalidRequest("build: an image needs at least one reference")
+    binary = Path(spec.binary)
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise ImageError(f"build {spec.name}: {binary} is not an executable file")
+    cache = cache_dir or default_cache_dir()
+    layer = _cached_layer(spec, cache, compression)
+    init_layout(out_layout)
+    blobs = out_layout / "blobs"
+    layer = Layer(layer.digest, layer.diff_id, layer.size, layer.media_type, link_blob(layer.path, blobs, layer.digest))
+    config = image_config(spec, layer)
+    config_digest, config_size = put_blob(blobs, canonical_json(config))
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config_size},
+        "layers": [layer.descriptor()],
+        "annotations": {"org.opencontainers.image.title": spec.name},
+    }
+    manifest_digest, manifest_size = put_blob(blobs, canonical_json(manifest))
+    for ref in refs:
+        add_manifest(out_layout, {
+            "mediaType": MEDIA_MANIFEST, "digest": manifest_digest, "size": manifest_size,
+            "platform": {"architecture": config["architecture"], "os": "linux"},
+            "annotations": {REF_NAME: ref},
+        })
+    size = manifest_size + config_size + layer.size
+    return BuiltImage(refs[0], manifest_digest, out_layout, size, config_digest, (layer,), config)
+
+
+def image_config(spec: HostBinarySpec, layer: Layer) -> dict[str, Any]:
+    env = {"PATH": DEFAULT_PATH, **spec.env}
+    created = datetime.fromtimestamp(source_date_epoch(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cfg: dict[str, Any] = {
+        "User": spec.user,
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "Entrypoint": list(spec.entrypoint) if spec.entrypoint is not None else [str(spec.binary)],
+        "WorkingDir": spec.workdir,
+        "Labels": dict(spec.labels),
+    }
+    if spec.cmd:
+        cfg["Cmd"] = list(spec.cmd)
+    if spec.exposed_ports:
+        cfg["ExposedPorts"] = {p: {} for p in spec.exposed_ports}
+    what = spec.description or f"host binary {spec.binary}"
+    return {
+        "created": created,
+        "architecture": _oci_arch(),
+        "os": "linux",
+        "config": cfg,
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+        "history": [{"created": created, "created_by": f"faasd-py build: {what}"}],
+    }
+
+
+def layer_entries(spec: HostBinarySpec) -> list[Entry]:
+    """Everything the one layer holds, sorted as it is written (pure but for reading the host)."""
+    mtime = source_date_epoch()
+    binary = str(spec.binary)
+    libs = _ldd([Path(binary)])
+    found: dict[str, Entry] = {}
+    exclude = tuple(os.path.normpath(p) for p in spec.exclude)
+    for path in [binary, *libs, *_extra_host_paths(libs), *spec.extra_paths]:
+        add_host_path(path, found, exclude)
+    generated = [
+        file_entry("/etc/passwd", PASSWD),
+        file_entry("/etc/group", GROUP),
+        file_entry("/etc/nsswitch.conf", NSSWITCH),
+        file_entry("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        file_entry("/etc/resolv.conf", ""),
+        file_entry("/etc/hostname", ""),
+        dir_entry("/tmp", 0o1777),
+        dir_entry("/root", 0o700),
+        dir_entry("/proc"),
+        dir_entry("/sys"),
+        dir_entry("/dev"),
+    ]
+    generated += [file_entry(p, data) for p, data in sorted(spec.files.items())]
+    generated += [dir_entry(p, mode, uid, gid) for p, (mode, uid, gid) in sorted(spec.dirs.items())]
+    for e in generated:
+        found[e.name] = e
+    return with_parents([dataclasses.replace(e, mtime=mtime) for e in found.values()], mtime)
+
+
+def add_host_path(path: str, entries: dict[str, Entry], exclude: tuple[str, ...] = ()) -> None:
+    """Copy host ``path`` to the same path in the image with every symlink met on the way
+    (``/lib64 -> usr/lib64``, ``static/d3 -> ../../javascript/d3``), so the image resolves the
+    names the host does. A directory is taken whole; dangling links and excluded subtrees are
+    left out."""
+    _walk(Path(path), entries, exclude, 0)
+
+
+def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
+    return any(path == e or path.startswith(e.rstrip("/") + "/") for e in exclude)
+
+
+def _walk(path: Path, entries: dict[str, Entry], exclude: tuple[str, ...], hops: int) -> None:
+    pending = list(path.parts[1:])
+    cur = Path("/")
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            cur = cur.parent
+            continue
+        nxt = cur / name
+        if _excluded(str(nxt), exclude):
+            return
+        try:
+            st = os.lstat(nxt)
+        except FileNotFoundError:
+            return  # a dangling link somewhere on the way: nothing to copy
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > _MAX_SYMLINK_HOPS:
+                raise ImageError(f"build: symlink loop at {nxt}")
+            target = os.readlink(nxt)
+            entries.setdefault(str(nxt).lstrip("/"), symlink_entry(str(nxt), target))
+            if target.startswith("/"):
+                cur = Path("/")
+                pending = list(Path(target).parts[1:]) + pending
+            else:
+                pending = list(Path(target).parts) + pending
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if not pending:
+                entries.setdefault(str(nxt).lstrip("/"), dir_entry(str(nxt), stat.S_IMODE(st.st_mode) & 0o777))
+                for child in sorted(os.listdir(nxt)):
+                    _walk(nxt / child, entries, exclude, hops)
+                return
+            cur = nxt
+            continue
+        if stat.S_ISREG(st.st_mode) and not pending:
+            entries[str(nxt).lstrip("/")] = Entry(str(nxt), "file", stat.S_IMODE(st.st_mode) & 0o777, source=nxt)
+        return
+
+
+def _cached_layer(spec: HostBinarySpec, cache: Path, compression: str) -> Layer:
+    entries = layer_entries(spec)
+    h = hashlib.sha256(f"{LAYER_FORMAT}|{compression}|{source_date_epoch()}".encode())
+    for e in entries:
+        data = hashlib.sha256(e.data).hexdigest() if e.data is not None else ""
+        h.update(f"{e.path}|{e.kind}|{e.mode:o}|{e.uid}|{e.gid}|{e.target}|{data}\n".encode())
+    key = _stat_key([], [Path(e.source) for e in entries if e.source is not None], extra=h.hexdigest())
+    meta_path = cache / f"hostbinary-{key}.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        blob = cache / "blobs" / "sha256" / meta["digest"].split(":", 1)[1]
+        if blob.exists():
+            return Layer(meta["digest"], meta["diff_id"], meta["size"], meta["media_type"], blob)
+    layer = write_layer(entries, cache / "blobs", compression)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
+                               "media_type": layer.media_type, "binary": str(spec.binary)}))
+    os.replace(tmp, meta_path)
+    return layer
