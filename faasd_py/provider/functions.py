@@ -14,6 +14,7 @@ import builtins
 import contextlib
 import enum
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Coroutine
@@ -64,6 +65,9 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 MAX_REPLICAS = 20  # per function on one host; a typo of 1000 must not fork-bomb the box
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+BACKOFF_RESET = 120.0  # seconds of healthy running after which the backoff starts over
+_INSTANCE_ID = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?-[0-9a-f]{8}$")  # new_instance_id()'s shape
+OOM_WINDOW = 2.0  # an exit this soon after an OOM event of the same container counts as OOMKilled
 
 
 class Idle(enum.Enum):
@@ -485,10 +489,28 @@ class FunctionManager:
             self._spawn(self._discard(inst))
         live = {i.netkey for fn in self._table.values() for i in fn.instances}
         await self._network.gc(live)
+        for ns in namespaces:
+            await self._remove_orphan_snapshots(ns)
         self._secrets.gc({(i.namespace, i.id) for fn in self._table.values() for i in fn.instances}
                          | {(i.namespace, i.id) for i in stale})
         self._restored = True
         log.info("restored %d function(s) in %d namespace(s)", len(self._table), len(namespaces))
+
+    async def _remove_orphan_snapshots(self, namespace: str) -> None:
+        """Instance snapshots carry gc.root, so one whose container is gone (the daemon died between
+        deleting the two) would never be collected: remove those explicitly."""
+        snapshotter = self._settings.snapshotter
+        try:
+            containers = {c.id for c in await self._client.list_containers(namespace)}
+            keys = await self._client.list_snapshots(namespace, snapshotter)
+        except FaasdError as exc:
+            log.warning("snapshot cleanup in %s skipped: %s", namespace, exc)
+            return
+        for key in keys:
+            if _INSTANCE_ID.match(key) and key not in containers:
+                log.info("removing orphaned snapshot %s/%s", namespace, key)
+                with contextlib.suppress(FaasdError):
+                    await self._client.remove_snapshot(namespace, key, snapshotter)
 
     async def _recover(self, fn: Function, inst: Instance, task: TaskInfo | None, sem: asyncio.Semaphore) -> None:
         async with sem:
@@ -537,13 +559,14 @@ class FunctionManager:
         if inst is None:
             return
         if topic.endswith("/oom"):
-            inst.last_exit = "OOMKilled"
+            # cgroup v1 reports OOM per container: a killed child (a classic fprocess) is not the task
+            inst.oom_at = time.monotonic()
             return
         if getattr(payload, "id", cid) not in ("", cid):
             return  # an exec process, not the task itself
         status = getattr(payload, "exit_status", 0)
-        if inst.last_exit != "OOMKilled":
-            inst.last_exit = f"exit status {status}"
+        oom = status == 137 and time.monotonic() - inst.oom_at < OOM_WINDOW
+        inst.last_exit = "OOMKilled" if oom else f"exit status {status}"
         inst.exited.set()
         inst.ready = False
         fn = self._table.get((namespace, inst.function))
@@ -555,6 +578,8 @@ class FunctionManager:
                 self._spawn(self._restart_later(inst))
 
     async def _restart_later(self, inst: Instance) -> None:
+        if inst.ready_since and time.monotonic() - inst.ready_since > BACKOFF_RESET:
+            inst.restarts = 0  # it ran fine for a while: an occasional crash is not a crash loop
         delay = RESTART_BACKOFF[min(inst.restarts, len(RESTART_BACKOFF) - 1)]
         inst.restarts += 1
         await asyncio.sleep(delay)

@@ -86,6 +86,8 @@ class Instance:
     restarting: bool = False  # exits caused by our own restart are not crashes
     parked: bool = False  # stopped on purpose by scale-to-zero: not a crash, not restored at start
     paused_at_restore: bool = False
+    ready_since: float = 0.0
+    oom_at: float = -1e9
     inflight: int = 0
     restarts: int = 0
     last_exit: str = ""
@@ -255,6 +257,7 @@ class Launcher:
         )
         if ok:
             instance.ready = True
+            instance.ready_since = time.monotonic()
             instance.endpoint = Endpoint(instance.ip, WATCHDOG_PORT, instance.id)
         return ok
 
