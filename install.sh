@@ -166,7 +166,7 @@ install_compose_files() {
 build_core_images() {
   log "building the core service images (faasd-py core-images)"
   FAASD_PY_CONFIG=$CONFIG "$PREFIX/bin/faasd-py" core-images >/dev/null \
-    || die "faasd-py core-images failed (are the nats-server and prometheus packages installed?)"
+    || die "faasd-py core-images failed (see the error above)"
 }
 
 containerd_answers() { ctr -a "$S_CONTAINERD_SOCKET" version >/dev/null 2>&1; }

@@ -91,6 +91,8 @@ def rows(results: Results, connections: Sequence[int]) -> list[Row]:
         lambda r: _warm(r).cpu_per_request["daemon"], 2)
     add("cpu_c1_containerd", "CPU per request at c=1 via gateway: containerd (ms)",
         lambda r: _warm(r).cpu_per_request["containerd"], 2)
+    add("cpu_c1_journald", "CPU per request at c=1 via gateway: journald, the function's log lines (ms)",
+        lambda r: _warm(r).cpu_per_request["journald"], 2)
     for c in connections:
         add(f"rps_gateway_{c}", f"Throughput via gateway c={c} (req/s)", _tp(c, lambda t: t.gateway.rps), 0)
     for c in connections:
@@ -109,6 +111,8 @@ def rows(results: Results, connections: Sequence[int]) -> list[Row]:
             _tp(c, lambda t: t.cpu_per_request["daemon"]), 2)
         add(f"cpu_{c}_containerd", f"CPU per request via gateway c={c}: containerd (ms)",
             _tp(c, lambda t: t.cpu_per_request["containerd"]), 2)
+        add(f"cpu_{c}_journald", f"CPU per request via gateway c={c}: journald (ms)",
+            _tp(c, lambda t: t.cpu_per_request["journald"]), 2)
     for proc in ("daemon", "containerd"):
         add_text(f"rss_{proc}", f"RSS {proc} before → after load (MiB; one process for all images)",
                  _rss(proc))

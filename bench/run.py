@@ -97,9 +97,14 @@ def say(msg: str) -> None:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def run_all(plan: Plan, env: TestEnv, daemon: DaemonProcess, images: dict[str, BenchImage]) -> report.Results:
+def run_all(plan: Plan, env: TestEnv, daemon: DaemonProcess, images: dict[str, BenchImage],
+            loads: list[str]) -> report.Results:
+    """Every benchmark, ``plan.repeats`` times; appends the load average at each repeat's start to ``loads``."""
     results: report.Results = {n: [] for n in plan.images}
     pids = {"daemon": daemon.pid, "containerd": env.pids["containerd"]}
+    journald = journald_pid()
+    if journald is not None:
+        pids["journald"] = journald
     scripts = env.path / "wrk"
     scripts.mkdir(exist_ok=True)
 
@@ -108,6 +113,7 @@ def run_all(plan: Plan, env: TestEnv, daemon: DaemonProcess, images: dict[str, B
         measure.cold_cycle(daemon, images[name])
 
     for rep in range(plan.repeats):
+        loads.append(loadavg())
         reps = {n: report.Repeat() for n in plan.images}
         for n in plan.images:
             results[n].append(reps[n])
@@ -199,6 +205,12 @@ def versions() -> str:
             f"{runc[0] if runc else 'runc ?'}, {' '.join(wrk_v[:2]) if wrk_v else 'wrk ?'}")
 
 
+def journald_pid() -> int | None:
+    """The journald the functions' logs go to (ours or one already running), if there is exactly one."""
+    pids = _cmd("pgrep", "-x", "systemd-journal").split()
+    return int(pids[0]) if len(pids) == 1 else None
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -227,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     env = TestEnv(dir=args.dir, bridge=args.bridge, subnet=args.subnet, netns_prefix=args.netns_prefix)
     daemon: DaemonProcess | None = None
     results: report.Results = {}
+    loads: list[str] = []
     error: BaseException | None = None
     t0 = time.monotonic()
     try:
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon = DaemonProcess(env, env.path / "daemon", args.pull_policy)
         say(f"starting the daemon: {daemon.command}")
         daemon.start()
-        results = run_all(plan, env, daemon, images)
+        results = run_all(plan, env, daemon, images, loads)
     except BaseException as exc:  # reported below, after the teardown
         error = exc
         traceback.print_exc()
@@ -266,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"sequential requests per side at c=1, wrk {plan.wrk_seconds:g} s at "
                  f"c={'/'.join(map(str, plan.connections))} (2 threads); pull policy {args.pull_policy}; "
                  f"took {elapsed / 60:.1f} min"),
-        ("Host load", f"loadavg {load_before} before, {loadavg()} after; other busy processes at start: "
-                      f"{others_before}"),
+        ("Host load", f"loadavg {load_before} at start, {'; '.join(loads)} at each repeat's start, {loadavg()} at "
+                      f"the end; other busy processes at start: {others_before}"),
     ]
     notes = ["Cells are **median [min-max] over repeats**; each repeat value is the median of its cold cycles, "
              "a percentile over its sequential requests, or one wrk run. wrk, the client, the daemon, containerd "

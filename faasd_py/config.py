@@ -82,7 +82,7 @@ class AsyncSettings:
     attempts: int = 5  # tries per invocation (429, 502-504) and per callback (429, 5xx, unreachable)
     backoff: float = 1.0  # first retry delay; doubles each time up to backoff_max
     backoff_max: float = 30.0
-    function_concurrency: int = 4  # invocations of one function at once; more wait in the stream
+    function_concurrency: int = 4  # invocations of one function at once; more wait (in the worker or the stream)
     max_inflight: int = 64  # calls the worker handles at once, all functions together
     ack_wait: float = 30.0  # an unacknowledged call is redelivered this long after its worker died
     callback_timeout: float = 30.0

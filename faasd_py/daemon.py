@@ -21,14 +21,16 @@ from faasd_py.credentials import ensure_credentials
 from faasd_py.errors import ContainerdUnavailable, InvalidRequest
 from faasd_py.gateway.app import INVOKE, build_app, serve
 from faasd_py.gateway.auth import Credentials
+from faasd_py.gateway.metrics import GatewayMetrics, build_metrics_app
 from faasd_py.network.cni import FunctionNetwork
-from faasd_py.network.dns import SharedFiles
+from faasd_py.network.dns import SharedFiles, gateway_ip
 from faasd_py.provider.core_services import CoreServices
 from faasd_py.provider.functions import FunctionManager
 from faasd_py.provider.instances import Launcher
 from faasd_py.provider.log_collector import LogCollector
 from faasd_py.provider.logs import JournalLogs
 from faasd_py.provider.namespaces import NamespaceService
+from faasd_py.provider.queue import AsyncQueue
 from faasd_py.provider.secrets import SecretStore
 from faasd_py.provider.service import ContainerdProvider
 from faasd_py.runtime.client import ContainerdClient
@@ -86,6 +88,18 @@ class Daemon:
     provider: ContainerdProvider
     core: CoreServices
     app: web.Application
+    metrics: GatewayMetrics
+    metrics_app: web.Application
+    queue: AsyncQueue | None  # None when settings.queue.enabled is false
+
+
+def metrics_addresses(settings: Settings) -> tuple[str, list[str]]:
+    """Where the metrics listener listens: metrics_host, plus the bridge's gateway address when
+    that is loopback, so the prometheus core service can scrape ``gateway:8082`` (prometheus.yml)."""
+    host = settings.metrics_host
+    if host in ("127.0.0.1", "localhost"):
+        return host, [gateway_ip(settings.network.subnet)]
+    return host, []
 
 
 async def build(settings: Settings) -> Daemon:
@@ -99,7 +113,7 @@ async def build(settings: Settings) -> Daemon:
     network = FunctionNetwork(settings.network, settings.state_dir / "cni")
     collector = LogCollector(settings.run_dir / "fifo", journald=settings.journald)
     store = SecretStore(settings.state_dir / "function-secrets", settings.state_dir / "secret-mounts")
-    namespaces = NamespaceService(client)
+    namespaces = NamespaceService(client, snapshotters=(settings.snapshotter,))
     launcher = Launcher(settings, client, network, collector, store, shared.hosts_path, shared.resolv_path)
     functions = FunctionManager(settings, client, images, launcher, network, namespaces, store)
     namespaces.set_occupants(
@@ -107,10 +121,16 @@ async def build(settings: Settings) -> Daemon:
     )
     provider = ContainerdProvider(functions, namespaces, store, JournalLogs())
     ensure_credentials(settings)
-    app = build_app(provider, settings, Credentials.load(settings))
+    metrics = GatewayMetrics(functions.samples)
+    queue = AsyncQueue(settings.queue) if settings.queue.enabled else None
+    app = build_app(provider, settings, Credentials.load(settings), on_invocation=metrics.finished,
+                    on_start=metrics.started, queue=queue)
     launcher.on_address_released = app[INVOKE].pool.drop
+    if queue is not None:
+        queue.invoker = app[INVOKE].invoke_queued  # queued calls take the /function path: resume, pool, metrics
     core = CoreServices(settings, client, images, shared, logs=collector)
-    return Daemon(settings, client, registry, functions, network, collector, provider, core, app)
+    return Daemon(settings, client, registry, functions, network, collector, provider, core, app, metrics,
+                  build_metrics_app(metrics, settings), queue)
 
 
 async def run(settings: Settings) -> None:
@@ -121,6 +141,11 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner = await serve(daemon.app, settings.host, settings.port)
     log.info("gateway listening on %s:%d", settings.host, settings.port)
+    metrics_host, also = metrics_addresses(settings)
+    metrics_runner = await serve(daemon.metrics_app, metrics_host, settings.metrics_port, also=also)
+    log.info("metrics listening on %s:%d", ", ".join([metrics_host, *also]), settings.metrics_port)
+    if daemon.queue is not None:
+        daemon.queue.start()  # in the background: NATS (a core service) may not be up yet
     events = asyncio.create_task(daemon.functions.run_events())
     idler = asyncio.create_task(daemon.functions.run_idler())
     pings = asyncio.create_task(_watchdog_pings())
@@ -132,13 +157,18 @@ async def run(settings: Settings) -> None:
             log.error("core services not started: %s (fix %s; functions are unaffected)",
                       exc.message, settings.compose_path)
         await daemon.functions.restore()
+        if daemon.queue is not None:
+            daemon.queue.start_worker()  # only now: queued calls need the restored routing table
         _notify("READY=1")
         log.info("ready")
         await stop.wait()
         log.info("shutting down: draining in-flight requests; functions keep running")
         _notify("STOPPING=1")
     finally:
+        if daemon.queue is not None:  # before the gateway: its calls use the gateway's upstream pool
+            await daemon.queue.close(grace=settings.timeouts.stop_grace)
         await runner.cleanup()
+        await metrics_runner.cleanup()
         for task in (events, idler, pings):
             task.cancel()
         await daemon.functions.close()

@@ -267,6 +267,18 @@ class FunctionUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeState:
+    """faasd-py's own view of a function (the ``faasd`` field; faas-cli ignores unknown fields)."""
+
+    state: str  # active | paused | stopped | crashloop
+    restarts: int = 0  # restarts after crashes, all replicas together
+    last_exit: str = ""  # "exit status 1", "OOMKilled"; empty until a replica exits unexpectedly
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "restarts": self.restarts, "lastExit": self.last_exit}
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionStatus:
     """``GET /system/functions`` item and ``GET /system/function/{name}`` body."""
 
@@ -276,6 +288,7 @@ class FunctionStatus:
     invocation_count: float = 0.0
     created_at: datetime | None = None
     usage: FunctionUsage | None = None
+    runtime: RuntimeState | None = None
 
     @property
     def name(self) -> str:
@@ -291,6 +304,8 @@ class FunctionStatus:
         out["createdAt"] = format_time(self.created_at)
         if self.usage is not None:
             out["usage"] = self.usage.to_json()
+        if self.runtime is not None:
+            out["faasd"] = self.runtime.to_json()
         return out
 
 

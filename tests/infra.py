@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -23,7 +24,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,9 @@ REQUIRED_BINARIES = ("containerd", "runc", "ctr", "docker-registry", "iptables",
 DEFAULT_NAMESPACES = ("openfaas-fn", "faasd-py-test")
 JOURNALD = Path("/lib/systemd/systemd-journald")
 JOURNALD_PATHS = (Path("/run/systemd/journal"), Path("/run/log/journal"))
+# There can be only one journald (it owns /run/systemd/journal/socket), so TestEnvs running side
+# by side share the one a TestEnv started: each registers here, and the last one out stops it.
+JOURNALD_SHARE = Path("/run/fdpy-test-journald")
 # Popen objects of the services we started: kept so they are reaped with poll() (a collected
 # Popen of a running child warns, and an unreaped child lingers as a zombie)
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -87,12 +91,11 @@ class TestEnv:
     dir: str
     containerd_socket: str = ""
     registry: str = ""  # host:port of the plain-HTTP registry on loopback
-    journald: bool = False  # a journald serves /run/systemd/journal/socket
+    journald: bool = False  # a journald serves /run/systemd/journal/socket (registered in JOURNALD_SHARE)
     bridge: str = "fdpyt0"
     subnet: str = "10.88.0.0/16"
     netns_prefix: str = "fdpyt-"
     pids: dict[str, int] = field(default_factory=dict)  # what up() started, by name
-    created: list[str] = field(default_factory=list)  # paths outside dir that up() created
 
     @property
     def path(self) -> Path:
@@ -173,15 +176,45 @@ class TestEnv:
     def _start_journald(self) -> None:
         """A standalone journald in the root mount namespace (so containerd's shims can log too),
         unless one already runs."""
-        if _journald_running():
+        with _journald_share() as share:
+            if not _journald_running():
+                if not JOURNALD.exists():
+                    return
+                created = [str(p) for p in JOURNALD_PATHS if not p.exists()]
+                with open(share / "journald.log", "ab") as log:
+                    proc = subprocess.Popen([str(JOURNALD)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+                _CHILDREN[proc.pid] = proc
+                (share / "journald.json").write_text(json.dumps({"pid": proc.pid, "created": created}))
+                _wait_for(lambda: Path("/run/systemd/journal/socket").is_socket(), "journald")
+            (share / "users" / _user_key(self.dir)).write_text(f"{os.getpid()}\n{self.dir}")
             self.journald = True
+
+    def _release_journald(self) -> None:
+        """Unregister; stop the shared journald when it was a TestEnv's and nobody uses it any more."""
+        if not JOURNALD_SHARE.exists():
             return
-        if not JOURNALD.exists():
-            return
-        self.created = [str(p) for p in JOURNALD_PATHS if not p.exists()]
-        self._spawn("journald", [str(JOURNALD)])
-        _wait_for(lambda: Path("/run/systemd/journal/socket").is_socket(), "journald")
-        self.journald = True
+        with _journald_share() as share:
+            (share / "users" / _user_key(self.dir)).unlink(missing_ok=True)
+            for user in (share / "users").iterdir():  # sessions that died without down()
+                with contextlib.suppress(ValueError, OSError):
+                    pid, env_dir = user.read_text().split("\n", 1)
+                    if not _alive(int(pid)) and not Path(env_dir).exists():
+                        user.unlink()
+            started = share / "journald.json"
+            if any((share / "users").iterdir()) or not started.exists():
+                return
+            info = json.loads(started.read_text())
+            if _alive(info["pid"]) and "journald" in _cmdline(info["pid"]):
+                os.kill(info["pid"], signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and _alive(info["pid"]):
+                    time.sleep(0.05)
+                if _alive(info["pid"]):
+                    os.kill(info["pid"], signal.SIGKILL)
+            for p in info["created"]:
+                shutil.rmtree(p, ignore_errors=True)
+            started.unlink()
 
     # --- stop --------------------------------------------------------------------------------
 
@@ -194,14 +227,13 @@ class TestEnv:
         self._kill_strays()
         self._remove_netns()
         self._stop_services()
+        self._release_journald()
         self._kill_strays()  # shims whose containerd is gone only now
         self._remove_bridge_and_rules()
         self._remove_runtime_leftovers(namespaces)
         # unmount anything left under our dir (overlay rootfs of crashed tasks), then delete it
         for mnt in reversed(self._mounts()):
             _run("umount", "-l", mnt)
-        for p in map(Path, self.created):
-            shutil.rmtree(p, ignore_errors=True)
         shutil.rmtree(self.path, ignore_errors=True)
 
     def _remove_all_containers(self, sock: str) -> set[str]:
@@ -223,7 +255,7 @@ class TestEnv:
 
     def _stop_services(self) -> None:
         pids = dict(self.pids)
-        for name in ("journald", "registry", "containerd"):
+        for name in ("registry", "containerd"):
             pidfile = self.path / f"{name}.pid"
             with contextlib.suppress(OSError, ValueError):
                 pids[name] = int(pidfile.read_text())
@@ -310,7 +342,21 @@ class TestEnv:
                       if _in_subnet(r, self.subnet)]
         if self.path.exists():
             found.append(f"directory {self.path}")
+        if (JOURNALD_SHARE / "users" / _user_key(self.dir)).exists():
+            found.append(f"journald registration {JOURNALD_SHARE / 'users' / _user_key(self.dir)}")
         return found
+
+
+@contextlib.contextmanager
+def _journald_share() -> Iterator[Path]:
+    (JOURNALD_SHARE / "users").mkdir(parents=True, exist_ok=True)
+    with open(JOURNALD_SHARE / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield JOURNALD_SHARE
+
+
+def _user_key(env_dir: str) -> str:
+    return env_dir.strip("/").replace("/", "_") or "root"
 
 
 def _journald_running() -> bool:

@@ -7,6 +7,8 @@ needs it (one runner, graceful exit that lets in-flight invocations finish).
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -14,9 +16,10 @@ from aiohttp.typedefs import Handler
 
 from faasd_py.config import Settings
 from faasd_py.gateway import system
+from faasd_py.gateway.async_invoke import AsyncInvoke, Enqueuer
 from faasd_py.gateway.auth import Credentials
 from faasd_py.gateway.invoke import InvokeProxy
-from faasd_py.gateway.keys import CREDENTIALS, LOG_STREAMS, PROVIDER, SETTINGS, InvocationHook
+from faasd_py.gateway.keys import CREDENTIALS, LOG_STREAMS, PROVIDER, SETTINGS, InvocationHook, StartHook
 from faasd_py.gateway.middlewares import auth_middleware, errors_middleware
 from faasd_py.provider.contract import Provider
 
@@ -32,14 +35,18 @@ def build_app(
     credentials: Credentials,
     *,
     on_invocation: InvocationHook | None = None,
+    on_start: StartHook | None = None,
+    queue: Enqueuer | None = None,
 ) -> web.Application:
+    """``queue``: where /async-function calls go; without one those routes do not exist (404), as in
+    OpenFaaS without NATS. ``on_start``/``on_invocation`` see every sync and queued invocation."""
     # client_max_size bounds request.read()/json() should a handler ever use them; ours read with limits.
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=settings.max_json_body)
     app[PROVIDER] = provider
     app[SETTINGS] = settings
     app[CREDENTIALS] = credentials
     app[LOG_STREAMS] = set()
-    proxy = InvokeProxy(provider.functions, settings, on_invocation)
+    proxy = InvokeProxy(provider.functions, settings, on_invocation, on_start)
     app[INVOKE] = proxy
     app.on_shutdown.append(_end_log_streams)
     app.on_cleanup.append(proxy.close)
@@ -69,6 +76,10 @@ def build_app(
 
     r.add_route("*", f"/function/{NAME}", proxy.handle)
     r.add_route("*", f"/function/{NAME}/{{path:.*}}", proxy.handle)
+    if queue is not None:
+        queued = AsyncInvoke(provider.functions, queue, settings.queue.max_body)
+        r.add_route("*", f"/async-function/{NAME}", queued.handle)
+        r.add_route("*", f"/async-function/{NAME}/{{path:.*}}", queued.handle)
     return app
 
 
@@ -100,18 +111,37 @@ async def _end_log_streams(app: web.Application) -> None:
         task.cancel()
 
 
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+IP_FREEBIND = 15  # <linux/in.h>; Python 3.11's socket module does not name it
+
+
+def _freebind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on an address that may not exist yet (the bridge appears with the first container)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(app: web.Application, host: str, port: int, *, also: Sequence[str] = ()) -> web.AppRunner:
     """Listen on host:port; ``await runner.cleanup()`` stops accepting, then waits for in-flight calls.
 
     In-flight invocations get up to the upstream timeout to finish; log followers are ended at once.
     Handlers are cancelled when their client disconnects, which aborts the upstream call too.
+    ``also``: more addresses for the same port, bound even before they exist (IP_FREEBIND).
     """
     grace = app[SETTINGS].timeouts.upstream
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
     try:
-        await site.start()
+        await web.TCPSite(runner, host, port).start()
+        for extra in also:
+            await web.SockSite(runner, _freebind_socket(extra, port)).start()
     except BaseException:
         await asyncio.shield(runner.cleanup())
         raise

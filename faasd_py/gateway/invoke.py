@@ -5,6 +5,9 @@ to the watchdogs: request and response stream (never buffered whole, except smal
 fit in one write), hop-by-hop headers are dropped both ways, redirects and Content-Encoding
 pass through untouched. Per request there is no logging at info level, no JSON, no regex
 compile and no containerd call: the provider's ``resolve`` answers a warm function from memory.
+
+Queued calls (:mod:`faasd_py.provider.queue`) take the same path through :meth:`InvokeProxy.invoke_queued`:
+same resolve (a paused function resumes), same pool, same metrics hooks, the response read whole.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from aiohttp import web
 
 from faasd_py.config import Settings
 from faasd_py.errors import NotFound, Unavailable
-from faasd_py.gateway.keys import InvocationHook
+from faasd_py.gateway.keys import InvocationHook, StartHook
 from faasd_py.gateway.upstream import HOP_BY_HOP, Pool, UpstreamError
 from faasd_py.provider.contract import Endpoint, Functions
+from faasd_py.provider.queue import InvocationResult, QueuedCall
 from faasd_py.types import DEFAULT_NAMESPACE
 
 log = logging.getLogger(__name__)
@@ -98,13 +102,16 @@ def _connection_tokens(value: str) -> frozenset[str]:
 class InvokeProxy:
     """The request handler for /function/*, holding the upstream connection pool."""
 
-    __slots__ = ("_functions", "_max_body", "_on_invocation", "_pool", "_timeout")
+    __slots__ = ("_functions", "_max_body", "_max_queued_response", "_on_invocation", "_on_start", "_pool", "_timeout")
 
-    def __init__(self, functions: Functions, settings: Settings, on_invocation: InvocationHook | None = None) -> None:
+    def __init__(self, functions: Functions, settings: Settings, on_invocation: InvocationHook | None = None,
+                 on_start: StartHook | None = None) -> None:
         self._functions = functions
         self._max_body = settings.max_invoke_body
+        self._max_queued_response = settings.queue.max_body
         self._timeout = settings.timeouts.upstream
         self._on_invocation = on_invocation
+        self._on_start = on_start
         self._pool = Pool(tick=min(1.0, self._timeout / 4))
 
     @property
@@ -126,6 +133,8 @@ class InvokeProxy:
             return _internal_error(404, exc.message)
         except Unavailable as exc:
             return _internal_error(503, exc.message)
+        if self._on_start is not None:
+            self._on_start(name, namespace)
         status = 502
         try:
             response = await self._forward(request, endpoint, name, namespace)
@@ -244,3 +253,95 @@ class InvokeProxy:
             return response
         finally:
             pool.release(conn)
+
+    # --- queued (async) calls ----------------------------------------------------------------
+
+    async def invoke_queued(self, call: QueuedCall) -> InvocationResult:
+        """A stored async call, through the same resolve → pool → release path as /function/*.
+
+        The response is read whole (up to the queue's ``max_body``): it becomes the callback's body.
+        """
+        started = time.perf_counter()
+        name, namespace = call.name, call.namespace
+        try:
+            endpoint = await self._functions.resolve(name, namespace)
+        except NotFound as exc:
+            return _result(404, exc.message, started)
+        except Unavailable as exc:
+            return _result(503, exc.message, started)
+        if self._on_start is not None:
+            self._on_start(name, namespace)
+        status = 502
+        try:
+            result = await self._exchange(call, endpoint, started)
+            status = result.status
+            return result
+        finally:
+            self._functions.release(name, namespace, endpoint)
+            if self._on_invocation is not None:
+                self._on_invocation(name, namespace, status, time.perf_counter() - started)
+
+    async def _exchange(self, call: QueuedCall, endpoint: Endpoint, started: float) -> InvocationResult:
+        target = call.path or "/"
+        if call.query:
+            target = f"{target}?{call.query}"
+        drop = _NOT_FORWARDED
+        present: set[str] = set()
+        for k, v in call.headers:
+            if k.lower() == "connection":
+                drop = drop | _connection_tokens(v)
+        lines = [f"{call.method} {target} HTTP/1.1\r\nHost: {endpoint.host}:{endpoint.port}\r\n"]
+        for k, v in call.headers:
+            lower = k.lower()
+            if lower not in drop:
+                present.add(lower)
+                lines.append(f"{k}: {v}\r\n")
+        if "x-call-id" not in present:
+            lines.append(f"X-Call-Id: {call.call_id}\r\n")
+        lines.append(f"X-Start-Time: {time.time_ns()}\r\n")
+        if "x-forwarded-for" not in present and call.remote:
+            lines.append(f"X-Forwarded-For: {call.remote}\r\n")
+        if "x-forwarded-host" not in present and call.host:
+            lines.append(f"X-Forwarded-Host: {call.host}\r\n")
+        if call.body or call.method not in _NO_BODY_METHODS:
+            lines.append(f"Content-Length: {len(call.body)}\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("utf-8", "surrogateescape")
+
+        pool = self._pool
+        try:
+            conn, upstream = await pool.request(
+                endpoint.host, endpoint.port, head, call.body or None,
+                deadline=asyncio.get_running_loop().time() + self._timeout,
+                head_only=call.method == "HEAD", retry_stale=call.method in _IDEMPOTENT,
+            )
+        except TimeoutError:
+            return _result(504, f"timeout calling {call.key}", started)
+        except UpstreamError as exc:
+            log.debug("upstream %s failed: %s", call.key, exc)
+            return _result(502, f"can't reach service for: {call.key}", started)
+        try:
+            body = upstream.body_if_complete()
+            if body is None:
+                parts: list[bytes] = []
+                size = 0
+                while chunk := await upstream.read():
+                    size += len(chunk)
+                    if size > self._max_queued_response:
+                        conn.reusable = False
+                        return _result(502, f"the response of {call.key} is larger than "
+                                            f"{self._max_queued_response} bytes", started)
+                    parts.append(chunk)
+                body = b"".join(parts)
+            return InvocationResult(upstream.status, upstream.headers, body, time.perf_counter() - started)
+        except (UpstreamError, TimeoutError) as exc:
+            log.debug("upstream %s failed mid-response: %s", call.key, exc or "timeout")
+            return _result(502, f"the response of {call.key} broke off", started)
+        finally:
+            pool.release(conn)
+
+
+def _result(status: int, message: str, started: float) -> InvocationResult:
+    """An answer the gateway made itself, marked as such (like :func:`_internal_error`)."""
+    return InvocationResult(status, [(INTERNAL_HEADER, "proxy"), ("Content-Type", "text/plain")],
+                            message.encode(), time.perf_counter() - started)

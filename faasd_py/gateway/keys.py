@@ -13,6 +13,8 @@ from faasd_py.provider.contract import Provider
 
 # on_invocation(name, namespace, status, seconds): called once per finished /function call, for metrics.
 InvocationHook = Callable[[str, str, int, float], None]
+# on_start(name, namespace): called when a /function call (or a queued one) has its replica, for metrics.
+StartHook = Callable[[str, str], None]
 
 PROVIDER = web.AppKey("provider", Provider)
 SETTINGS = web.AppKey("settings", Settings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import enum
 import logging
 import re
@@ -47,15 +48,18 @@ from faasd_py.provider.instances import (
 )
 from faasd_py.provider.namespaces import NamespaceService
 from faasd_py.provider.secrets import SecretStore
+from faasd_py.provider.usage import FunctionSample, UsageMeter
 from faasd_py.runtime.client import ContainerdClient
 from faasd_py.runtime.images import ImageService
 from faasd_py.runtime.model import ContainerInfo, TaskInfo, TaskState
 from faasd_py.types import (
+    LABEL_SCALE_MAX,
     LABEL_SCALE_MIN,
     LABEL_SCALE_ZERO,
     LABEL_SCALE_ZERO_DURATION,
     FunctionDeployment,
     FunctionStatus,
+    RuntimeState,
     ScaleServiceRequest,
     parse_duration,
 )
@@ -88,7 +92,8 @@ class Function:
     invocations: int = 0
     removed: bool = False
     became_ready: asyncio.Event = field(default_factory=asyncio.Event)
-    idle: Idle = Idle.ACTIVE
+    idle: Idle = Idle.ACTIVE  # the level asked for: resolve() wakes the function unless ACTIVE
+    reached: Idle = Idle.ACTIVE  # the level reached: what describe reports as its state
     last_used: float = field(default_factory=time.monotonic)
     waking: asyncio.Future[None] | None = None
 
@@ -104,12 +109,32 @@ class Function:
             self.became_ready.clear()
 
 
-def _min_replicas(dep: FunctionDeployment) -> int:
-    raw = dep.labels.get(LABEL_SCALE_MIN, "1")
+def _label_int(dep: FunctionDeployment, label: str, default: int) -> int:
+    raw = dep.labels.get(label)
+    if raw is None or not raw.strip():
+        return default
     try:
-        return max(1, min(int(raw), MAX_REPLICAS))
+        return int(raw)
     except ValueError as exc:
-        raise InvalidRequest(f"label {LABEL_SCALE_MIN} must be an integer, got {raw!r}") from exc
+        raise InvalidRequest(f"label {label} must be an integer, got {raw!r}") from exc
+
+
+def _min_replicas(dep: FunctionDeployment) -> int:
+    return max(1, min(_label_int(dep, LABEL_SCALE_MIN, 1), MAX_REPLICAS))
+
+
+def _max_replicas(dep: FunctionDeployment) -> int:
+    return max(1, min(_label_int(dep, LABEL_SCALE_MAX, MAX_REPLICAS), MAX_REPLICAS))
+
+
+def _check_replica_labels(dep: FunctionDeployment) -> None:
+    """At deploy: a max below 1 or below the min is a mistake to report, not to guess around."""
+    low = _label_int(dep, LABEL_SCALE_MIN, 1)
+    high = _label_int(dep, LABEL_SCALE_MAX, MAX_REPLICAS)
+    if high < 1:
+        raise InvalidRequest(f"label {LABEL_SCALE_MAX} must be at least 1, got {high}")
+    if low > high:
+        raise InvalidRequest(f"label {LABEL_SCALE_MIN} ({low}) must not be greater than {LABEL_SCALE_MAX} ({high})")
 
 
 class FunctionManager:
@@ -122,6 +147,7 @@ class FunctionManager:
         network: FunctionNetwork,
         namespaces: NamespaceService,
         secrets_store: SecretStore,
+        usage: UsageMeter | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
@@ -135,6 +161,7 @@ class FunctionManager:
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._background: set[asyncio.Task[Any]] = set()
         self._restored = False
+        self._usage = usage or UsageMeter()
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -151,6 +178,19 @@ class FunctionManager:
             available_replicas=len(fn.endpoints) if fn.idle is Idle.ACTIVE else 0,
             invocation_count=float(fn.invocations),
             created_at=fn.record.created_at,
+            runtime=self._runtime(fn),
+        )
+
+    @staticmethod
+    def _runtime(fn: Function) -> RuntimeState:
+        """A crash loop is an instance that crashed again soon after a restart and is down now."""
+        live = [i for i in fn.instances if not i.stopping]
+        crashloop = any(i.supervised and i.restarts >= 2 for i in live)
+        last = max(live, key=lambda i: i.last_exit_at, default=None)
+        return RuntimeState(
+            state="crashloop" if crashloop else fn.reached.value,
+            restarts=sum(i.restart_count for i in live),
+            last_exit=last.last_exit if last is not None and last.last_exit_at else "",
         )
 
     def _get(self, name: str, namespace: str) -> Function:
@@ -165,7 +205,20 @@ class FunctionManager:
 
     async def get(self, name: str, namespace: str, usage: bool = False) -> FunctionStatus:
         await self._namespaces.require(namespace)
-        return self._status(self._get(name, namespace))
+        fn = self._get(name, namespace)
+        status = self._status(fn)
+        if usage:
+            status = dataclasses.replace(status, usage=await self._usage.usage(namespace, [i.id for i in fn.instances]))
+        return status
+
+    def samples(self) -> builtins.list[FunctionSample]:
+        """Every function's replicas, invocations and cgroup totals now (the metrics scrape)."""
+        out = []
+        for (ns, name), fn in self._table.items():
+            totals = self._usage.totals(ns, (i.id for i in fn.instances))
+            out.append(FunctionSample(name, ns, self._status(fn).replicas, totals.cpu_seconds, totals.memory_bytes,
+                                      fn.invocations))
+        return out
 
     # --- the hot path ------------------------------------------------------------------------
 
@@ -211,6 +264,7 @@ class FunctionManager:
 
     async def _validate(self, dep: FunctionDeployment) -> None:
         await self._namespaces.require(dep.namespace)
+        _check_replica_labels(dep)
         self._secrets.check(dep.namespace, dep.secrets)
 
     async def deploy(self, dep: FunctionDeployment) -> None:
@@ -284,6 +338,8 @@ class FunctionManager:
             old = fn.instances
             fn.record, fn.instances = record, fresh
             fn.desired = max(replicas, fn.desired)
+            fn.idle = fn.reached = Idle.ACTIVE  # the fresh replicas run, whatever the old ones were
+            fn.last_used = time.monotonic()
             fn.refresh_endpoints()
             for inst in old:
                 inst.stopping = True
@@ -315,7 +371,7 @@ class FunctionManager:
         async with self._locks[key]:
             await self._namespaces.require(request.namespace)
             fn = self._get(request.service_name, request.namespace)
-            target = min(request.replicas, MAX_REPLICAS)
+            target = min(request.replicas, _max_replicas(fn.deployment))
             if target == 0:
                 await self._park(fn, Idle.PAUSED)
                 return
@@ -355,11 +411,11 @@ class FunctionManager:
 
     async def run_idler(self) -> None:
         """Pause functions idle past their zero-duration; stop those paused for much longer."""
-        stop_after = self._settings.scaling.stop_after
         while True:
             await asyncio.sleep(self._settings.scaling.sweep_interval)
             if not self._restored:
                 continue
+            stop_after = self._settings.scaling.stop_after
             now = time.monotonic()
             due: builtins.list[tuple[Function, Idle, float]] = []
             for (ns, name), fn in self._table.items():
@@ -391,20 +447,29 @@ class FunctionManager:
         ns, name = fn.deployment.namespace, fn.deployment.service
         fn.idle = level  # from here on resolve() wakes it first (it waits for our lock)
         if level is Idle.PAUSED:
-            try:
-                await asyncio.gather(*(self._client.pause_task(ns, i.id) for i in fn.instances if i.ready))
-            except FaasdError:
-                await asyncio.gather(*(self._client.resume_task(ns, i.id) for i in fn.instances if i.ready),
-                                     return_exceptions=True)
-                fn.idle = Idle.ACTIVE
-                raise
-            log.info("%s.%s idle: paused %d replica(s)", name, ns, len(fn.instances))
+            running = [i for i in fn.instances if i.ready and not i.paused and i.pid]
+            results = await asyncio.gather(*(self._client.pause_task(ns, i.id) for i in running),
+                                           return_exceptions=True)
+            for inst, result in zip(running, results, strict=True):
+                inst.paused = not isinstance(result, BaseException)
+            failure = next((r for r in results if isinstance(r, BaseException)), None)
+            if failure is not None:
+                await self._unpark(fn)
+                raise failure
+            fn.reached = Idle.PAUSED
+            log.info("%s.%s idle: paused %d replica(s)", name, ns, len(running))
             return
         for inst in fn.instances:
             inst.parked = True
-        await asyncio.gather(*(self._launcher.stop_task(i, grace=0) for i in fn.instances))
+        # the label first: a daemon stopped halfway restores the function as stopped, not as crashed
         await asyncio.gather(*(self._launcher.set_parked_label(i, True) for i in fn.instances))
+        results = await asyncio.gather(*(self._launcher.stop_task(i, grace=0) for i in fn.instances),
+                                       return_exceptions=True)
         fn.refresh_endpoints()
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            raise failure
+        fn.reached = Idle.STOPPED
         log.info("%s.%s idle: stopped %d replica(s) to free memory", name, ns, len(fn.instances))
 
     async def _wake(self, fn: Function) -> None:
@@ -419,23 +484,44 @@ class FunctionManager:
 
     async def _wake_locked(self, fn: Function) -> None:
         async with self._locks[(fn.deployment.namespace, fn.deployment.service)]:
-            await self._unpark(fn)
+            if fn.idle is not Idle.ACTIVE:
+                await self._unpark(fn)
 
     async def _unpark(self, fn: Function) -> None:
-        ns = fn.deployment.namespace
-        if fn.idle is Idle.PAUSED:
-            await asyncio.gather(*(self._client.resume_task(ns, i.id) for i in fn.instances if i.ready))
-        elif fn.idle is Idle.STOPPED:
-            await asyncio.gather(*(self._cold_start(i) for i in fn.instances))
-        fn.idle = Idle.ACTIVE
+        """Resume the frozen instances, cold-start the stopped ones; the caller holds the lock.
+
+        An instance that does not come back is left to the restart loop; the call fails only
+        when no instance at all is ready.
+        """
+        woken = [i for i in fn.instances if (i.paused or i.parked) and not i.stopping]
+        results = await asyncio.gather(*(self._wake_one(i) for i in woken), return_exceptions=True)
+        fn.idle = fn.reached = Idle.ACTIVE
+        failure: Exception | None = None
+        for inst, result in zip(woken, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                log.error("%s.%s: instance %s did not wake up: %s", inst.function, inst.namespace, inst.id, result)
+                failure = failure or result
+                self._schedule_restart(inst, f"did not wake up ({result})")
         fn.refresh_endpoints()
+        if failure is not None and not fn.endpoints:
+            raise failure
+
+    async def _wake_one(self, inst: Instance) -> None:
+        if inst.paused:
+            await self._client.resume_task(inst.namespace, inst.id)
+            inst.paused = False
+        elif inst.parked:
+            await self._cold_start(inst)
 
     async def _cold_start(self, inst: Instance) -> None:
+        inst.parked = False  # from here on an exit is a crash again
         await self._launcher.restart(inst)
-        inst.parked = False
         await self._launcher.set_parked_label(inst, False)
         if not await self._launcher.wait_ready(inst):
-            raise RuntimeFailure(f"instance {inst.id} did not become ready after a cold start")
+            raise RuntimeFailure(f"instance {inst.id} did not become ready after a cold start"
+                                 + (f" ({inst.last_exit})" if inst.exited.is_set() and inst.last_exit else ""))
 
     # --- restore at start ------------------------------------------------------------------
 
@@ -473,6 +559,9 @@ class FunctionManager:
             for c, r in current:
                 inst = self._launcher.describe(r, c.id)
                 inst.parked = bool(c.labels.get(LABEL_PARKED))
+                task = tasks.get((inst.namespace, inst.id))
+                if task is not None and task.state in (TaskState.RUNNING, TaskState.PAUSED):
+                    inst.pid = task.pid  # so its exit events are recognised as its own
                 fn.instances.append(inst)
                 self._instances[(inst.namespace, inst.id)] = inst
             self._table[key] = fn
@@ -480,10 +569,11 @@ class FunctionManager:
         await asyncio.gather(*jobs)
         for fn in self._table.values():
             # scale-to-zero state survives restarts and reboots: a parked function stays parked
+            # (a mix, left by a daemon that died while parking, wakes fully on the next call)
             if fn.instances and all(i.parked for i in fn.instances):
-                fn.idle = Idle.STOPPED
-            elif fn.instances and all(i.paused_at_restore for i in fn.instances):
-                fn.idle = Idle.PAUSED
+                fn.idle = fn.reached = Idle.STOPPED
+            elif any(i.paused or i.parked for i in fn.instances):
+                fn.idle = fn.reached = Idle.PAUSED
             fn.refresh_endpoints()
         for inst in stale:
             self._spawn(self._discard(inst))
@@ -520,10 +610,13 @@ class FunctionManager:
                         await self._launcher.stop_task(inst, grace=0)
                     return
                 adopted = False
+                if task is not None and task.state is TaskState.STOPPED:  # it died while we were away
+                    inst.last_exit = f"exit status {task.exit_status}"
+                    inst.last_exit_at = time.monotonic()
                 if task is not None and task.state in (TaskState.RUNNING, TaskState.PAUSED):
                     adopted = await self._launcher.adopt(inst)
                     if adopted and task.state == TaskState.PAUSED:
-                        inst.paused_at_restore = True
+                        inst.paused = True
                         inst.ready = True  # it answered before it was paused; probing would hang
                         inst.endpoint = Endpoint(inst.ip, WATCHDOG_PORT, inst.id)
                         return
@@ -533,10 +626,10 @@ class FunctionManager:
                     fn.refresh_endpoints()
                 else:
                     log.warning("restored function %s.%s is not ready yet", inst.function, inst.namespace)
-                    self._spawn(self._restart_later(inst))
+                    self._schedule_restart(inst, "was not ready after the restore")
             except FaasdError as exc:
                 log.error("could not restore %s.%s (%s): %s", inst.function, inst.namespace, inst.id, exc)
-                self._spawn(self._restart_later(inst))
+                self._schedule_restart(inst, f"could not be restored ({exc.message})")
 
     # --- events: crashes and restarts ------------------------------------------------------
 
@@ -564,42 +657,69 @@ class FunctionManager:
             return
         if getattr(payload, "id", cid) not in ("", cid):
             return  # an exec process, not the task itself
-        status = getattr(payload, "exit_status", 0)
-        oom = status == 137 and time.monotonic() - inst.oom_at < OOM_WINDOW
-        inst.last_exit = "OOMKilled" if oom else f"exit status {status}"
+        pid = getattr(payload, "pid", 0)
+        if not inst.pid or (pid and pid != inst.pid):
+            return  # the exit of a task we replaced or deleted already: events lag behind our calls
         inst.exited.set()
         inst.ready = False
+        expected = inst.stopping or inst.restarting or inst.parked
+        if not expected:
+            status = getattr(payload, "exit_status", 0)
+            oom = status == 137 and time.monotonic() - inst.oom_at < OOM_WINDOW
+            inst.last_exit = "OOMKilled" if oom else f"exit status {status}"
+            inst.last_exit_at = time.monotonic()
         fn = self._table.get((namespace, inst.function))
         if fn is not None and inst in fn.instances:
             fn.refresh_endpoints()
-            if not inst.stopping and not inst.restarting and not inst.parked and self._restored:
+            if not expected and self._restored:
                 log.warning("function %s.%s instance %s exited (%s); restarting",
                             inst.function, namespace, cid, inst.last_exit)
-                self._spawn(self._restart_later(inst))
+                self._schedule_restart(inst, f"exited ({inst.last_exit})")
 
-    async def _restart_later(self, inst: Instance) -> None:
+    def _schedule_restart(self, inst: Instance, reason: str) -> None:
+        """Hand a crashed instance to its restart loop (one loop per instance at a time)."""
+        if inst.supervised or inst.stopping or inst.parked:
+            return
         if inst.ready_since and time.monotonic() - inst.ready_since > BACKOFF_RESET:
             inst.restarts = 0  # it ran fine for a while: an occasional crash is not a crash loop
-        delay = RESTART_BACKOFF[min(inst.restarts, len(RESTART_BACKOFF) - 1)]
-        inst.restarts += 1
-        await asyncio.sleep(delay)
-        fn = self._table.get((inst.namespace, inst.function))
-        if fn is None or inst.stopping or inst not in fn.instances:
-            return
-        async with self._locks[(inst.namespace, inst.function)]:
-            if inst.stopping or inst not in fn.instances:
-                return
-            try:
-                await self._launcher.restart(inst)
-                ready = await self._launcher.wait_ready(inst)
-            except FaasdError as exc:
-                log.error("restart of %s.%s failed: %s", inst.function, inst.namespace, exc)
-                ready = False
-            if ready:
-                fn.refresh_endpoints()
-            elif not inst.exited.is_set():
-                self._spawn(self._restart_later(inst))
-            # else: the exit event schedules the next attempt
+        inst.supervised = True
+        self._spawn(self._supervise(inst, reason))
+
+    async def _supervise(self, inst: Instance, reason: str) -> None:
+        """Restart with backoff until the instance is ready again. Every attempt is written into
+        the function's own log stream and counted for describe: a crash loop is never silent."""
+        key = (inst.namespace, inst.function)
+        try:
+            while True:
+                delay = RESTART_BACKOFF[min(inst.restarts, len(RESTART_BACKOFF) - 1)]
+                inst.restarts += 1
+                inst.restart_count += 1
+                self._launcher.note(inst, f"faasd-py: instance {inst.id} {reason}; "
+                                          f"restart #{inst.restart_count} in {delay:g}s")
+                await asyncio.sleep(delay)
+                fn = self._table.get(key)
+                if fn is None or inst.stopping or inst.parked or inst not in fn.instances:
+                    return
+                async with self._locks[key]:
+                    if fn.removed or inst.stopping or inst.parked or inst not in fn.instances:
+                        return
+                    try:
+                        await self._launcher.restart(inst)
+                        ready = await self._launcher.wait_ready(inst)
+                        if ready and fn.idle is Idle.PAUSED:  # scaled to zero meanwhile: freeze it too
+                            await self._client.pause_task(inst.namespace, inst.id)
+                            inst.paused = True
+                    except FaasdError as exc:
+                        log.error("restart of %s.%s (%s) failed: %s", inst.function, inst.namespace, inst.id, exc)
+                        ready = False
+                    if ready and not inst.exited.is_set():
+                        fn.refresh_endpoints()
+                        return
+                    fn.refresh_endpoints()
+                reason = (f"exited again ({inst.last_exit})" if inst.exited.is_set()
+                          else f"was not ready {self._settings.timeouts.ready:g}s after its restart")
+        finally:
+            inst.supervised = False
 
     # --- housekeeping ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import signal
 import time
@@ -22,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from faasd_py.config import Settings
-from faasd_py.errors import ContainerdNotFound, FaasdError, RuntimeFailure
+from faasd_py.errors import ContainerdAlreadyExists, ContainerdNotFound, FaasdError, RuntimeFailure
 from faasd_py.network.cni import FunctionNetwork
 from faasd_py.provider.contract import Endpoint
 from faasd_py.provider.log_collector import LogCollector, LogTarget
 from faasd_py.provider.readiness import wait_ready
 from faasd_py.provider.secrets import SecretStore
 from faasd_py.runtime.client import ContainerdClient
-from faasd_py.runtime.model import ImageInfo, TaskState
+from faasd_py.runtime.model import ImageInfo, Mount, TaskState
 from faasd_py.runtime.rootfs import resolve_user
 from faasd_py.runtime.spec import BindMount, build_spec
 from faasd_py.types import FunctionDeployment, parse_duration
@@ -45,6 +46,7 @@ LABEL_DELETING = "io.faasd-py.deleting"
 LABEL_PARKED = "io.faasd-py.idle-stopped"
 EXTENSION = "faasd-py/function-record"
 GC_ROOT_LABEL = "containerd.io/gc.root"
+WATCHDOG_LOCK = ".lock"  # in $TMPDIR: the watchdog's (ours and of-watchdog's) "ready" marker
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +82,22 @@ class Instance:
     generation: int
     health_path: str = "/_/health"
     grace: float = 10.0
+    tmpdir: str = "/tmp"  # where its watchdog keeps the lock file (the function's TMPDIR)
     ip: str = ""
     ready: bool = False
     stopping: bool = False
     restarting: bool = False  # exits caused by our own restart are not crashes
     parked: bool = False  # stopped on purpose by scale-to-zero: not a crash, not restored at start
-    paused_at_restore: bool = False
+    paused: bool = False  # frozen by scale-to-zero (or found frozen at restore)
+    pid: int = 0  # the task's init process; 0 without a task. An exit event of another pid is stale
     ready_since: float = 0.0
     oom_at: float = -1e9
     inflight: int = 0
-    restarts: int = 0
-    last_exit: str = ""
+    restarts: int = 0  # consecutive crashes: the backoff step (reset after BACKOFF_RESET of health)
+    restart_count: int = 0  # every restart after a crash, for describe
+    supervised: bool = False  # crashed: a restart loop owns it until it is ready again
+    last_exit: str = ""  # of the last unexpected exit
+    last_exit_at: float = 0.0
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when a draining instance has no calls
     endpoint: Endpoint | None = None
@@ -154,6 +161,7 @@ class Launcher:
             generation=record.generation,
             health_path=dep.annotations.get(HEALTH_ANNOTATION, "/_/health"),
             grace=grace_period(dep, self._settings.timeouts.stop_grace),
+            tmpdir=dep.env_vars.get("TMPDIR") or "/tmp",
         )
 
     async def create(self, record: FunctionRecord, image: ImageInfo, instance: Instance) -> None:
@@ -215,9 +223,15 @@ class Launcher:
         stdout, stderr = await self._logs.attach(LogTarget(ns, instance.function, cid))
         instance.exited.clear()
         try:
-            await self._client.create_task(ns, cid, rootfs=mounts, stdout=stdout, stderr=stderr)
+            try:
+                instance.pid = await self._client.create_task(ns, cid, rootfs=mounts, stdout=stdout, stderr=stderr)
+            except ContainerdAlreadyExists:
+                # a dead task whose delete did not finish (a daemon stopped halfway): finish it, once
+                await self._delete_task(ns, cid)
+                instance.pid = await self._client.create_task(ns, cid, rootfs=mounts, stdout=stdout, stderr=stderr)
             await self._client.start_task(ns, cid)
         except BaseException:
+            instance.pid = 0
             with contextlib.suppress(Exception):
                 await self._client.delete_task(ns, cid)
             self._logs.detach(ns, cid)
@@ -232,6 +246,8 @@ class Launcher:
             instance.ip = attachment.ip
             try:
                 mounts = await self._client.snapshot_mounts(instance.namespace, instance.id, self._settings.snapshotter)
+                if clear_stale_lock(mounts, instance.tmpdir):
+                    log.debug("%s: removed the stale watchdog lock file before the restart", instance.id)
                 await self._start_task(instance, mounts)
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -283,6 +299,8 @@ class Launcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(instance.exited.wait(), 5)
             await self._delete_task(ns, cid)
+        instance.pid = 0
+        instance.paused = False
         self._logs.detach(ns, cid)
         await self._network.teardown(instance.netkey)
         if instance.ip and self.on_address_released is not None:
@@ -314,6 +332,10 @@ class Launcher:
             await self._client.remove_snapshot(ns, cid, self._settings.snapshotter)
         self._secrets.release(ns, cid)
 
+    def note(self, instance: Instance, message: str) -> None:
+        """A line from the daemon in the instance's own log stream (what ``faas-cli logs`` shows)."""
+        self._logs.note(LogTarget(instance.namespace, instance.function, instance.id), message)
+
     async def set_parked_label(self, instance: Instance, parked: bool) -> None:
         """Remember across restarts that scale-to-zero stopped this task (restore leaves it stopped)."""
         with contextlib.suppress(ContainerdNotFound):
@@ -324,6 +346,39 @@ class Launcher:
         """So a daemon that dies mid-delete finishes the delete at start instead of resurrecting it."""
         with contextlib.suppress(ContainerdNotFound):
             await self._client.set_container_labels(instance.namespace, instance.id, {LABEL_DELETING: "1"})
+
+
+def clear_stale_lock(mounts: list[Mount], tmpdir: str) -> bool:
+    """Remove the watchdog's lock file from an instance's writable layer before its task restarts.
+
+    The watchdog answers /_/health 200 while ``$TMPDIR/.lock`` exists and removes it only on
+    SIGTERM. A task that ended otherwise (SIGKILL by the idle stop, a crash, a reboot) leaves it
+    behind, so the restarted watchdog would report ready before its upstream listens and the first
+    calls of a cold start would get 500s. No symlink is followed (the function owns that layer).
+    """
+    root = next((o.partition("=")[2] for m in mounts if m.type == "overlay" for o in m.options
+                 if o.startswith("upperdir=")), None)
+    if root is None:
+        root = next((m.source for m in mounts if m.type == "bind"), None)
+    parts = [p for p in tmpdir.split("/") if p and p != "."]
+    if root is None or ".." in parts:
+        return False
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(root, flags)
+    except OSError:
+        return False
+    try:
+        for part in parts:
+            inner = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.unlink(WATCHDOG_LOCK, dir_fd=fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 async def _sync(fn: Callable[..., None], *args: Any) -> None:

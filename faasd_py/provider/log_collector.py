@@ -19,15 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from faasd_py.provider.journal_writer import JOURNAL_SOCKET, JournalWriter, field
-
-log = logging.getLogger(__name__)
 
 # Longer lines are split into entries of this size (no byte is lost: joined they are the line).
 MAX_LINE = 64 * 1024
@@ -173,6 +170,12 @@ class LogCollector:
             for path in self.paths(namespace, instance):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+    def note(self, target: LogTarget, message: str) -> None:
+        """One line from the daemon itself in the function's log stream (stderr, with its fields),
+        so ``faas-cli logs`` shows what happened to it (a crash and its restart) among its output."""
+        if self._writer is not None:
+            self._writer.send(target.headers["stderr"], message.encode())
 
     def gc(self, keep: set[tuple[str, str]]) -> None:
         """Remove FIFOs of instances that no longer exist (e.g. after a crash of the daemon)."""

@@ -19,12 +19,15 @@ from datetime import UTC, datetime
 from faasd_py.errors import RuntimeFailure
 from faasd_py.types import LogMessage
 
+# only what a LogMessage needs (journald adds a dozen trusted fields per entry); the timestamp comes anyway
+OUTPUT_FIELDS = "MESSAGE,OPENFAAS_NAME,OPENFAAS_NAMESPACE,OPENFAAS_INSTANCE"
+
 
 def journalctl_args(
     name: str, namespace: str, *, instance: str, tail: int, since: datetime | None, follow: bool
 ) -> list[str]:
     # --all: without it journalctl prints fields over 4 KiB as null in JSON (our entries go to 64 KiB)
-    args = ["journalctl", "--no-pager", "--output=json", "--all", "--quiet"]
+    args = ["journalctl", "--no-pager", "--output=json", "--all", "--quiet", f"--output-fields={OUTPUT_FIELDS}"]
     if since is not None:
         # seconds since the epoch: exact, and free of journalctl's local-time parsing
         args.append(f"--since=@{since.timestamp():.6f}")
@@ -57,7 +60,7 @@ def parse_entry(line: bytes) -> LogMessage | None:
 
 
 class JournalLogs:
-    async def stream(
+    def stream(
         self,
         name: str,
         namespace: str,
@@ -67,9 +70,14 @@ class JournalLogs:
         since: datetime | None = None,
         follow: bool = False,
     ) -> AsyncGenerator[LogMessage, None]:
+        """Checks what it can before the response starts (a 500 then still has its status), then
+        returns the stream; journalctl starts on the first message asked for."""
         if shutil.which("journalctl") is None:
             raise RuntimeFailure("function log request failed: journalctl is not installed")
-        args = journalctl_args(name, namespace, instance=instance, tail=tail, since=since, follow=follow)
+        return self._read(journalctl_args(name, namespace, instance=instance, tail=tail, since=since, follow=follow))
+
+    @staticmethod
+    async def _read(args: list[str]) -> AsyncGenerator[LogMessage, None]:
         proc = await asyncio.create_subprocess_exec(
             *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             limit=4 << 20,  # entries up to 64 KiB of text are far larger as JSON byte arrays

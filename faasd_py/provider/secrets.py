@@ -1,10 +1,16 @@
 """Secrets per namespace, stored under the state dir and mounted read-only into functions.
 
-The store is root-only (directories 0700, files 0600). A function does not mount the stored file
-itself: each instance gets its own copy, owned by the uid the function runs as and mode 0400, so
-a non-root function can read its secret while no other tenant's uid can. Updating a secret
-rewrites those copies in place (a bind mount pins the inode, so a rename would not be seen):
-running functions see the new value on their next read.
+The store is root-only (directories 0700, files 0600). A function does not mount the store:
+each instance gets a directory of its own with a copy of each secret it lists, owned by the uid
+the function runs as (directory 0500, files 0400), bound read-only at /var/openfaas/secrets. So
+a non-root function can read its secrets, and no other tenant's uid can.
+
+Updating a secret replaces the copies by an atomic rename inside those directories: a running
+function sees the new value the next time it opens the file, and never a half-written one (a
+file bind mount would pin the old inode; rewriting it in place could be read half-way). The new
+file is written in a staging directory on the same filesystem, so no temporary file ever shows
+up in a function's view. Deleting a secret leaves the copies of running instances alone; new
+instances of a function that lists it fail with 400 until it exists again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from faasd_py.errors import Conflict, InvalidRequest, NotFound
 from faasd_py.types import Secret, validate_namespace, validate_secret_name
 
 MOUNT_DIR = "/var/openfaas/secrets"
+STAGING = ".staging"  # under the copies dir: same filesystem, so a rename into place is atomic
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +35,15 @@ class SecretMount:
     destination: str
 
 
-def _write_in_place(path: Path, data: bytes, mode: int, uid: int = 0, gid: int = 0) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+def _write_file(path: Path, data: bytes, mode: int, uid: int = 0, gid: int = 0) -> None:
+    """A new file (never follows a link), owned and moded before any byte is written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     finally:
         os.close(fd)
 
@@ -84,8 +94,8 @@ class SecretStore:
         for d in (self._store, path.parent):  # also tightens a directory made by hand or by an older version
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(d, 0o700)
-        tmp = path.with_name(f".{path.name}.tmp")
-        _write_in_place(tmp, value, 0o600)
+        tmp = path.with_name(f".{path.name}.tmp")  # names never start with a dot: no clash, not listed
+        _write_file(tmp, value, 0o600)
         os.replace(tmp, path)
 
     # --- per-instance copies ------------------------------------------------------------------
@@ -98,27 +108,42 @@ class SecretStore:
     def materialize(
         self, namespace: str, instance: str, names: builtins.list[str], uid: int, gid: int
     ) -> builtins.list[SecretMount]:
-        """Copy the secrets an instance needs, owned by its uid; returns the bind mounts."""
+        """Copy the secrets an instance needs into its own directory, owned by its uid; returns
+        the bind mount (none when it lists no secret)."""
         self.check(namespace, names)
+        if not names:
+            return []
+        self._copies.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self._copies, 0o700)  # on the host, nobody but root walks into the copies
         target = self._copies / namespace / instance
-        target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        mounts = []
+        target.mkdir(parents=True, exist_ok=True)
         for name in names:
-            copy = target / name
-            _write_in_place(copy, self._path(name, namespace).read_bytes(), 0o400, uid, gid)
-            mounts.append(SecretMount(str(copy), f"{MOUNT_DIR}/{name}"))
-        return mounts
+            self._replace(target / name, self._path(name, namespace).read_bytes(), uid, gid)
+        os.chown(target, uid, gid)
+        os.chmod(target, 0o500)
+        return [SecretMount(str(target), MOUNT_DIR)]
 
     def release(self, namespace: str, instance: str) -> None:
         shutil.rmtree(self._copies / namespace / instance, ignore_errors=True)
 
     def gc(self, keep: set[tuple[str, str]]) -> None:
-        if not self._copies.is_dir():
-            return
-        for ns_dir in self._copies.iterdir():
+        """Remove the copies of instances that no longer exist (e.g. after a crash of the daemon)."""
+        for ns_dir in self._instance_parents():
             for inst in ns_dir.iterdir():
                 if (ns_dir.name, inst.name) not in keep:
                     shutil.rmtree(inst, ignore_errors=True)
+
+    def _instance_parents(self) -> builtins.list[Path]:
+        if not self._copies.is_dir():
+            return []
+        return [d for d in self._copies.iterdir() if d.is_dir() and not d.name.startswith(".")]
+
+    def _replace(self, copy: Path, value: bytes, uid: int, gid: int) -> None:
+        staging = self._copies / STAGING
+        staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = staging / f"{copy.parent.parent.name}.{copy.parent.name}.{copy.name}"
+        _write_file(tmp, value, 0o400, uid, gid)
+        os.replace(tmp, copy)
 
     def _refresh_copies(self, namespace: str, name: str, value: bytes) -> None:
         ns_dir = self._copies / namespace
@@ -128,4 +153,4 @@ class SecretStore:
             copy = inst / name
             with contextlib.suppress(FileNotFoundError):
                 st = copy.stat()
-                _write_in_place(copy, value, 0o400, st.st_uid, st.st_gid)
+                self._replace(copy, value, st.st_uid, st.st_gid)

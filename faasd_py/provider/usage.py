@@ -65,7 +65,7 @@ class UsageMeter:
         self._max_window = max_window
         self._probe = probe
         self._last: dict[tuple[str, str], tuple[float, float]] = {}  # (ns, id) -> (monotonic, cpu seconds)
-        self._rate: dict[tuple[str, str], float] = {}
+        self._rate: dict[tuple[str, str], tuple[float, float]] = {}  # (ns, id) -> (when, cores)
 
     def read(self, namespace: str, instance: str) -> InstanceUsage | None:
         """None when the instance has no cgroup (no task: stopped, or never started)."""
@@ -104,50 +104,47 @@ class UsageMeter:
 
     async def usage(self, namespace: str, instances: Iterable[str]) -> FunctionUsage:
         """Current CPU (cores) and memory (bytes) of a function: ``?usage=1`` of the API."""
-        ids = list(instances)
         now = time.monotonic()
-        readings = {i: self.read(namespace, i) for i in ids}
-        need_probe = any(
-            u is not None and not self._fresh((namespace, i), now) and (namespace, i) not in self._usable(now)
-            for i, u in readings.items()
-        )
-        if need_probe:
-            for i, u in readings.items():
-                if u is not None:
-                    self._last[(namespace, i)] = (now, u.cpu_seconds)
-            await asyncio.sleep(self._probe)
-            now = time.monotonic()
-            readings = {i: self.read(namespace, i) for i in ids}
-        cpu = 0.0
-        memory = 0
-        for i, u in readings.items():
+        readings = {(namespace, i): self.read(namespace, i) for i in instances}
+        rates: dict[tuple[str, str], float] = {}
+        probe: list[tuple[str, str]] = []
+        for key, u in readings.items():
             if u is None:
                 continue
-            memory += u.memory_bytes
-            cpu += self._cpu_rate((namespace, i), now, u.cpu_seconds)
+            rate = self._rate_from_last(key, now, u.cpu_seconds)
+            if rate is None:
+                self._last[key] = (now, u.cpu_seconds)
+                probe.append(key)
+            else:
+                rates[key] = rate
+        if probe:
+            await asyncio.sleep(self._probe)
+            now = time.monotonic()
+            for key in probe:
+                u = self.read(*key)
+                readings[key] = u
+                if u is not None:
+                    rates[key] = self._rate_from_last(key, now, u.cpu_seconds, min_window=0.0) or 0.0
+        memory = sum(u.memory_bytes for u in readings.values() if u is not None)
         self._forget_old(now)
-        return FunctionUsage(cpu=round(cpu, 6), total_memory_bytes=float(memory))
+        return FunctionUsage(cpu=round(sum(rates.values()), 6), total_memory_bytes=float(memory))
 
-    def _fresh(self, key: tuple[str, str], now: float) -> bool:
-        """A rate computed less than min_window ago can be answered again as it is."""
+    def _rate_from_last(self, key: tuple[str, str], now: float, cpu_seconds: float,
+                        min_window: float | None = None) -> float | None:
+        """The CPU rate against the previous reading, or None when there is no usable one."""
+        window = self._min_window if min_window is None else min_window
+        cached = self._rate.get(key)
+        if cached is not None and now - cached[0] < window:
+            return cached[1]  # asked again right away: the same answer, no new window
         last = self._last.get(key)
-        return last is not None and now - last[0] < self._min_window and key in self._rate
-
-    def _usable(self, now: float) -> set[tuple[str, str]]:
-        return {k for k, (t, _) in self._last.items() if self._min_window <= now - t <= self._max_window}
-
-    def _cpu_rate(self, key: tuple[str, str], now: float, cpu_seconds: float) -> float:
-        last = self._last.get(key)
-        if last is not None and now - last[0] < self._min_window and key in self._rate and now - last[0] < self._probe:
-            return self._rate[key]
-        if last is None or now <= last[0] or cpu_seconds < last[1]:
-            self._last[key] = (now, cpu_seconds)
-            return 0.0
-        if now - last[0] < self._min_window and key in self._rate:
-            return self._rate[key]
-        rate = max(0.0, (cpu_seconds - last[1]) / (now - last[0]))
+        if last is None or cpu_seconds < last[1]:  # none yet, or the task was replaced
+            return None
+        age = now - last[0]
+        if age <= 0 or age < window or age > self._max_window:
+            return None
+        rate = (cpu_seconds - last[1]) / age
         self._last[key] = (now, cpu_seconds)
-        self._rate[key] = rate
+        self._rate[key] = (now, rate)
         return rate
 
     def _forget_old(self, now: float) -> None:

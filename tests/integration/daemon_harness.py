@@ -49,6 +49,7 @@ def settings_for(env: TestEnv, state: Path) -> Settings:
     s.timeouts.stop_grace = 2.0
     s.timeouts.ready = 20.0
     s.timeouts.invoke_wait = 20.0
+    s.queue.enabled = False  # no NATS of the host's: tests of async calls point it at their own nats-server
     return s
 
 SMALL = 1 << 20
@@ -67,7 +68,12 @@ class DaemonHandle:
     settings: Settings
     daemon: Daemon | None = None
     runner: web.AppRunner | None = None
+    metrics_runner: web.AppRunner | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.metrics_port}"
 
     @property
     def url(self) -> str:
@@ -82,14 +88,28 @@ class DaemonHandle:
     async def start(self) -> None:
         self.daemon = await build(self.settings)
         self.runner = await serve(self.daemon.app, self.settings.host, self.settings.port)
+        self.metrics_runner = await serve(self.daemon.metrics_app, "127.0.0.1", self.settings.metrics_port)
+        if self.daemon.queue is not None:
+            self.daemon.queue.start()
         self.tasks = [asyncio.create_task(self.daemon.functions.run_events()),
                       asyncio.create_task(self.daemon.functions.run_idler())]
         await self.daemon.functions.restore()
+        if self.daemon.queue is not None:
+            self.daemon.queue.start_worker()
 
-    async def stop(self) -> None:
-        """What SIGTERM does: stop serving, leave the functions running."""
+    async def stop(self, *, crash_queue: bool = False) -> None:
+        """What SIGTERM does: stop serving, leave the functions running.
+
+        ``crash_queue``: queued calls in progress are dropped unacknowledged, as a kill -9 leaves
+        them (JetStream redelivers them after ack_wait), instead of being handed back."""
+        if self.daemon is not None and self.daemon.queue is not None:
+            await self.daemon.queue.close(grace=0 if crash_queue else self.settings.timeouts.stop_grace,
+                                          abandon=crash_queue)
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
+            self.metrics_runner = None
         for t in self.tasks:
             t.cancel()
         if self.daemon is not None:

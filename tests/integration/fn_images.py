@@ -2,7 +2,8 @@
 as tests/images.py builds the common ones) and pushed to the session's registry.
 
     reader  classic watchdog: reads /var/openfaas/secrets/<?name=, default s1> and answers JSON
-            {"value": hex, "uid", "gid", "mode", "write": "ok" | errno name, "me": its own uid}
+            {"value": hex, "uid", "gid", "mode", "write": "ok" | errno name, "me": its own uid,
+             "listing": the directory's entries} (or {"error": errno name})
     logger  http-mode watchdog: the upstream prints the POSTed JSON {"stdout": [...], "stderr": [...]}
             line by line to its stdout/stderr, which the watchdog copies to its own
     rawlog  no watchdog: a plain server on :8080 that writes request bodies to fd 1/2 byte for byte
@@ -24,6 +25,10 @@ import errno, json, os, sys
 q = dict(p.partition("=")[::2] for p in os.environ.get("Http_Query", "").split("&") if p)
 path = "/var/openfaas/secrets/" + q.get("name", "s1")
 out = {"me": os.getuid()}
+try:
+    out["listing"] = sorted(os.listdir("/var/openfaas/secrets"))
+except OSError as e:
+    out["listing"] = errno.errorcode.get(e.errno, str(e.errno))
 try:
     with open(path, "rb") as f:
         out["value"] = f.read().hex()

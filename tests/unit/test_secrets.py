@@ -33,8 +33,6 @@ def owner(p: Path | str) -> tuple[int, int]:
     return st.st_uid, st.st_gid
 
 
-def inode(p: Path | str) -> int:
-    return os.stat(p).st_ino
 
 
 async def test_create_writes_root_only_files_and_lists_names_only(store: SecretStore, tmp_path: Path) -> None:
@@ -62,8 +60,8 @@ async def test_create_twice_is_409_and_keeps_the_value(store: SecretStore) -> No
     with pytest.raises(Conflict, match="already exists"):
         await store.create(Secret("s1", NS, b"two"))
     store.check(NS, ["s1"])
-    mounts = store.materialize(NS, "fn-1", ["s1"], 12000, 12000)
-    assert read(mounts[0].source) == b"one"
+    [mount] = store.materialize(NS, "fn-1", ["s1"], 12000, 12000)
+    assert read(Path(mount.source) / "s1") == b"one"
 
 
 async def test_update_and_delete_of_a_missing_secret_are_404(store: SecretStore) -> None:
@@ -113,19 +111,24 @@ async def test_check_names_every_missing_secret(store: SecretStore) -> None:
         store.check("team-a", ["have"])
 
 
-async def test_materialize_copies_owned_by_the_function_uid(store: SecretStore, tmp_path: Path) -> None:
+async def test_materialize_gives_each_instance_a_directory_owned_by_its_uid(
+    store: SecretStore, tmp_path: Path
+) -> None:
     await store.create(Secret("s1", NS, b"v1"))
     await store.create(Secret("s2", NS, b"\x00\xff"))
-    mounts = store.materialize(NS, "fn-abc", ["s1", "s2"], 12000, 12001)
-    assert [m.destination for m in mounts] == [f"{MOUNT_DIR}/s1", f"{MOUNT_DIR}/s2"]
-    for m, value in zip(mounts, (b"v1", b"\x00\xff"), strict=True):
-        p = Path(m.source)
-        assert p.parent == tmp_path / "copies" / NS / "fn-abc"
-        assert read(p) == value
-        assert mode(p) == 0o400 and owner(p) == (12000, 12001)
-    assert mode(tmp_path / "copies" / NS / "fn-abc") == 0o700
+    await store.create(Secret("other", NS, b"not listed"))
+    [mount] = store.materialize(NS, "fn-abc", ["s1", "s2"], 12000, 12001)
+    d = Path(mount.source)
+    assert mount.destination == MOUNT_DIR and d == tmp_path / "copies" / NS / "fn-abc"
+    assert sorted(os.listdir(d)) == ["s1", "s2"]  # only what the function lists
+    assert mode(d) == 0o500 and owner(d) == (12000, 12001)
+    for name, value in (("s1", b"v1"), ("s2", b"\x00\xff")):
+        assert read(d / name) == value
+        assert mode(d / name) == 0o400 and owner(d / name) == (12000, 12001)
+    assert mode(tmp_path / "copies") == 0o700  # host users cannot walk in
     # the store itself stays root-only
     assert mode(tmp_path / "store" / NS / "s1") == 0o600 and owner(tmp_path / "store" / NS / "s1") == (0, 0)
+    assert store.materialize(NS, "fn-none", [], 12000, 12000) == []
 
 
 async def test_materialize_of_a_missing_secret_creates_nothing(store: SecretStore, tmp_path: Path) -> None:
@@ -134,28 +137,31 @@ async def test_materialize_of_a_missing_secret_creates_nothing(store: SecretStor
     assert not (tmp_path / "copies").exists()
 
 
-async def test_update_rewrites_every_copy_in_place(store: SecretStore) -> None:
-    """A bind mount pins the inode: the copy must keep its inode, owner and mode."""
+async def test_update_replaces_every_copy_atomically(store: SecretStore, tmp_path: Path) -> None:
+    """A rename inside the mounted directory: the next open sees the whole new value, an already
+    open file keeps the whole old one; owner and mode stay those of the instance."""
     await store.create(Secret("s1", NS, b"old value, longer"))
     await store.create(Secret("s1", "team-a", b"other namespace"))
-    a = Path(store.materialize(NS, "fn-a", ["s1"], 12000, 12000)[0].source)
-    b = Path(store.materialize(NS, "fn-b", ["s1"], 13000, 13000)[0].source)
-    other = Path(store.materialize("team-a", "fn-c", ["s1"], 12000, 12000)[0].source)
-    unrelated = store.materialize(NS, "fn-d", [], 12000, 12000)
-    assert unrelated == []
-    inodes = (inode(a), inode(b))
-    await store.update(Secret("s1", NS, b"new"))
+    a = Path(store.materialize(NS, "fn-a", ["s1"], 12000, 12000)[0].source) / "s1"
+    b = Path(store.materialize(NS, "fn-b", ["s1"], 13000, 13000)[0].source) / "s1"
+    other = Path(store.materialize("team-a", "fn-c", ["s1"], 12000, 12000)[0].source) / "s1"
+    reading = os.open(a, os.O_RDONLY)
+    try:
+        await store.update(Secret("s1", NS, b"new"))
+        assert os.read(reading, 100) == b"old value, longer"
+    finally:
+        os.close(reading)
     assert read(a) == read(b) == b"new"
-    assert (inode(a), inode(b)) == inodes
     assert (owner(a), owner(b)) == ((12000, 12000), (13000, 13000))
     assert mode(a) == mode(b) == 0o400
     assert read(other) == b"other namespace"
+    assert os.listdir(tmp_path / "copies" / ".staging") == []  # nothing half-written is left
 
 
 async def test_delete_keeps_copies_of_running_instances(store: SecretStore) -> None:
     """Documented: a deleted secret stays readable where it is already mounted; new instances get 400."""
     await store.create(Secret("s1", NS, b"v"))
-    copy = Path(store.materialize(NS, "fn-a", ["s1"], 12000, 12000)[0].source)
+    copy = Path(store.materialize(NS, "fn-a", ["s1"], 12000, 12000)[0].source) / "s1"
     await store.delete("s1", NS)
     assert read(copy) == b"v"
     with pytest.raises(InvalidRequest):
@@ -170,3 +176,4 @@ async def test_release_and_gc_remove_copies(store: SecretStore, tmp_path: Path) 
     assert not (tmp_path / "copies" / NS / "fn-a").exists()
     store.gc({(NS, "fn-b")})
     assert sorted(p.name for p in (tmp_path / "copies" / NS).iterdir()) == ["fn-b"]
+    assert (tmp_path / "copies" / ".staging").is_dir()  # not mistaken for a namespace
