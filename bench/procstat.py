@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,16 +13,23 @@ CLOCK_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 def cpu_ms(pid: int) -> float:
     """utime + stime of every thread of ``pid`` so far, in ms (children are not counted: the
     invocation path spawns none, and CNI plugin runs belong to deploys, not invocations)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone (a shared journald another test env stopped): no figure, not a failed run
+        return math.nan
     # after the ")" field 1 is the state (stat field 3), so utime (14) and stime (15) are 11 and 12
     return (int(fields[11]) + int(fields[12])) * CLOCK_TICK_MS
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return math.nan
+    for line in lines:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    return math.nan
 
 
 @dataclass

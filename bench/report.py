@@ -91,7 +91,7 @@ def rows(results: Results, connections: Sequence[int]) -> list[Row]:
         lambda r: _warm(r).cpu_per_request["daemon"], 2)
     add("cpu_c1_containerd", "CPU per request at c=1 via gateway: containerd (ms)",
         lambda r: _warm(r).cpu_per_request["containerd"], 2)
-    add("cpu_c1_journald", "CPU per request at c=1 via gateway: journald, the function's log lines (ms)",
+    add("cpu_c1_journald", "CPU per request at c=1 via gateway: journald, for the function's log lines (ms)",
         lambda r: _warm(r).cpu_per_request["journald"], 2)
     for c in connections:
         add(f"rps_gateway_{c}", f"Throughput via gateway c={c} (req/s)", _tp(c, lambda t: t.gateway.rps), 0)

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -233,7 +233,7 @@ def test_import_names_and_digests(ctr: Ctr, images: TestImages) -> None:
         assert listed[img.ref] == img.digest, name
 
 
-EXPECTED_REPLY = {
+EXPECTED_REPLY: dict[str, Callable[[bytes], bool]] = {
     "echo": lambda body: body == b"ping",
     "http": lambda body: json.loads(body)["body"] == "ping" and json.loads(body)["query"] == "y=1",
     "env": lambda body: b"Http_Query=y=1\n" in body and b"fprocess=/usr/bin/python3.11 -S /home/app/env.py\n" in body,

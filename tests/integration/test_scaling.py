@@ -226,6 +226,12 @@ class EventCounter:
                 await self._reader
 
 
+async def scale(daemon: DaemonHandle, name: str, replicas: int) -> None:
+    status, body = await daemon.request("POST", f"/system/scale-function/{name}",
+                                        json={"serviceName": name, "replicas": replicas})
+    assert status == 202, body
+
+
 async def remove(daemon: DaemonHandle, inspect: Inspector, name: str) -> None:
     status, body = await daemon.remove(name)
     assert status == 202, body
@@ -358,6 +364,23 @@ async def test_an_http_mode_function_cold_starts_without_a_failed_call(
     await remove(daemon, inspect, "sloth")
 
 
+async def test_paused_and_stopped_functions_are_deleted_without_leftovers(
+    daemon: DaemonHandle, images: PushedImages, inspect: Inspector, stop_after: Callable[[float], None]
+) -> None:
+    await daemon.deploy_ok(function_body("frozen", images["echo"], labels=NEVER_IDLE))
+    await scale(daemon, "frozen", 0)
+    assert freezer((await inspect.instance("frozen")).id) == "FROZEN"
+    stop_after(1.0)
+    await daemon.deploy_ok(function_body("gone", images["echo"], labels=IDLE_1S))
+
+    async def stopped() -> bool:
+        return bool(faasd(await status_of(daemon, "gone"))["state"] == "stopped")
+
+    await eventually(stopped, "gone is stopped")
+    await remove(daemon, inspect, "frozen")  # a frozen task must be thawed to die
+    await remove(daemon, inspect, "gone")  # no task, no netns: only the container and snapshot
+
+
 async def test_scale_zero_false_never_pauses(daemon: DaemonHandle, images: PushedImages, inspect: Inspector) -> None:
     await daemon.deploy_ok(function_body("insomniac", images["echo"],
                                          labels={**NEVER_IDLE, "com.openfaas.scale.zero-duration": "1s"}))
@@ -374,12 +397,6 @@ async def test_scale_zero_false_never_pauses(daemon: DaemonHandle, images: Pushe
 
 
 # --- replicas ------------------------------------------------------------------------------------
-
-
-async def scale(daemon: DaemonHandle, name: str, replicas: int) -> None:
-    status, body = await daemon.request("POST", f"/system/scale-function/{name}",
-                                        json={"serviceName": name, "replicas": replicas})
-    assert status == 202, body
 
 
 async def addresses(daemon: DaemonHandle, name: str, calls: int) -> collections.Counter[str]:

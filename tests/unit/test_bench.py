@@ -42,6 +42,8 @@ def test_cpu_and_rss_of_this_process() -> None:
         x += sum(range(10000))
     assert cpu_ms(os.getpid()) > before
     assert rss_mib(os.getpid()) > 1
+    gone = 2**22 + 1  # above the default pid_max range: never a live process
+    assert math.isnan(cpu_ms(gone)) and math.isnan(rss_mib(gone))
 
 
 # --- wrk: the Lua checker must count wrong answers, not just socket errors -----------------------
