@@ -181,11 +181,13 @@ class ResumeClock:
             raise RuntimeError("containerd event subscription did not start")
 
     def _run(self) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        self._task = loop.create_task(self._follow())
         with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(self._task)
-        loop.close()
+            asyncio.run(self._main())  # cancels and awaits whatever grpc left running
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        await self._follow()
 
     async def _follow(self) -> None:
         async with ContainerdClient(self._socket) as client:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from faasd_py import __version__
-from faasd_py.config import load_settings
+from faasd_py.config import DEFAULT_CONFIG_FILE, load_settings
 from faasd_py.errors import FaasdError
 
 
@@ -24,16 +24,29 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="faasd-py", description="OpenFaaS on one host, on containerd.")
-    p.add_argument("--config", type=Path, help="YAML settings file (default /etc/faasd-py/config.yaml, "
-                                               "or $FAASD_PY_CONFIG)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+def _common() -> argparse.ArgumentParser:
+    """--config and --set, accepted before or after the subcommand (``faasd-py up --config F``)."""
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                   help="YAML settings file (default /etc/faasd-py/config.yaml, or $FAASD_PY_CONFIG)")
+    c.add_argument("--set", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
                    help="override one setting, e.g. --set network.subnet=10.70.0.0/16 (repeatable)")
+    return c
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common()
+    p = argparse.ArgumentParser(prog="faasd-py", description="OpenFaaS on one host, on containerd.",
+                                parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="run the daemon: gateway API on :8080, functions on containerd")
-    inst = sub.add_parser("install", help="create the state dir, admin password, config and systemd unit")
+    sub.add_parser("up", parents=[common], help="run the daemon: gateway API on :8080, functions on containerd")
+    inst = sub.add_parser("install", parents=[common],
+                          help="create the state dir, admin password, config and systemd unit")
     inst.add_argument("--no-systemd", action="store_true", help="do not install the systemd unit")
+    uninst = sub.add_parser("uninstall", parents=[common],
+                            help="remove the core services (the daemon must be stopped); functions are kept")
+    uninst.add_argument("--purge", action="store_true",
+                        help="also remove every function, the bridge and its CNI chains")
     sub.add_parser("version", help="print the version")
     image = sub.add_parser("image", help="image commands")
     image_sub = image.add_subparsers(dest="image_command", required=True)
@@ -185,7 +198,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "new":  # needs no settings
             _new(args)
             return
-        settings = load_settings(args.config, overrides=_overrides(args.set))
+        config: Path | None = getattr(args, "config", None)
+        if args.command == "install" and config is not None and not config.exists():
+            config_file, config = config, None  # install writes it
+        else:
+            config_file = config or DEFAULT_CONFIG_FILE
+        settings = load_settings(config, overrides=_overrides(getattr(args, "set", [])))
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "up":
@@ -195,8 +213,13 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "install":
             from faasd_py.install import install
 
-            result = install(settings, systemd=not args.no_systemd)
+            result = install(settings, systemd=not args.no_systemd, config_file=config_file)
             print(result.summary())
+        elif args.command == "uninstall":
+            from faasd_py.daemon import uninstall
+
+            for line in asyncio.run(uninstall(settings, purge=args.purge)):
+                print(line)
         elif args.command == "image":
             asyncio.run(_import(settings, args.file, args.namespace, args.name))
         elif args.command == "build":

@@ -178,3 +178,28 @@ async def run(settings: Settings) -> None:
             await daemon.registry.close()
         await daemon.client.close()
 
+
+
+async def uninstall(settings: Settings, *, purge: bool) -> list[str]:
+    """Remove the core services (and with ``purge`` every function) the way the daemon would.
+
+    The daemon must not be running. Without ``purge`` functions stay in containerd, so a later
+    install brings them back.
+    """
+    daemon = await build(settings)
+    done: list[str] = []
+    try:
+        await daemon.core.remove()
+        done.append("removed the core services")
+        if purge:
+            count = await daemon.functions.purge()
+            await daemon.network.remove_all()
+            await daemon.core.network.remove_all()
+            done.append(f"removed {count} function instance(s), the bridge and its CNI chains")
+    finally:
+        await daemon.core.close()
+        daemon.logs.close()
+        with contextlib.suppress(Exception):
+            await daemon.registry.close()
+        await daemon.client.close()
+    return done

@@ -159,6 +159,8 @@ WatchdogSec=30
 KillMode=process
 TimeoutStopSec=30
 LimitNOFILE=1048576
+# every function's output reaches journald through the daemon: no per-unit rate limit
+LogRateLimitIntervalSec=0
 Environment={env}
 StandardOutput=journal
 StandardError=journal

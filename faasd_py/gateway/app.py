@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from faasd_py.config import Settings
 from faasd_py.gateway import system
+from faasd_py.gateway.alert import handle_alert
 from faasd_py.gateway.async_invoke import AsyncInvoke, Enqueuer
 from faasd_py.gateway.auth import Credentials
 from faasd_py.gateway.invoke import InvokeProxy
@@ -59,6 +60,7 @@ def build_app(
     r.add_get(f"/system/function/{NAME}", system.get_function)
     r.add_post(f"/system/scale-function/{NAME}", system.scale_function)
     r.add_get("/system/info", system.system_info)
+    r.add_post("/system/alert", handle_alert)
     r.add_get("/system/secrets", system.list_secrets)
     r.add_post("/system/secrets", system.create_secret)
     r.add_put("/system/secrets", system.update_secret)

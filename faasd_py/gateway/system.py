@@ -24,6 +24,7 @@ from faasd_py.types import (
     DeleteFunctionRequest,
     FunctionDeployment,
     FunctionNamespace,
+    FunctionStatus,
     LogMessage,
     ScaleServiceRequest,
     Secret,
@@ -37,6 +38,10 @@ NDJSON = "application/x-ndjson"
 NAMESPACE_LABEL = "openfaas"
 # How often a quiet `follow` log stream checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 1.0
+
+# What Go marshals an unset time.Time as; the OpenFaaS gateway sends it when the provider had no
+# creation time. The spec has createdAt as a non-null date-time and faas-cli fails on "".
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm"}
 
@@ -83,12 +88,19 @@ def empty(status: int) -> web.Response:
     return web.Response(status=status)
 
 
+def status_json(status: FunctionStatus) -> dict[str, Any]:
+    out = status.to_json()
+    if out.get("createdAt") is None:
+        out["createdAt"] = GO_ZERO_TIME
+    return out
+
+
 # --- functions ----------------------------------------------------------------------------------
 
 
 async def list_functions(request: web.Request) -> web.Response:
     functions = await request.app[PROVIDER].functions.list(query_namespace(request))
-    return web.json_response([f.to_json() for f in functions])
+    return web.json_response([status_json(f) for f in functions])
 
 
 async def deploy_function(request: web.Request) -> web.Response:
@@ -113,7 +125,7 @@ async def get_function(request: web.Request) -> web.Response:
     name = validate_name(request.match_info["name"])
     usage = request.query.get("usage", "").lower() in ("1", "true")
     status = await request.app[PROVIDER].functions.get(name, query_namespace(request), usage=usage)
-    return web.json_response(status.to_json())
+    return web.json_response(status_json(status))
 
 
 async def scale_function(request: web.Request) -> web.Response:

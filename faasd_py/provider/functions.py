@@ -586,6 +586,25 @@ class FunctionManager:
         self._restored = True
         log.info("restored %d function(s) in %d namespace(s)", len(self._table), len(namespaces))
 
+    async def purge(self) -> int:
+        """Remove every function instance containerd holds (``faasd-py uninstall --purge``).
+
+        Goes through the same Launcher.destroy as a delete, so CNI DEL runs and no IP, netns,
+        snapshot or iptables chain is left; returns how many instances were removed.
+        """
+        removed = 0
+        for ns in await self._namespaces.list():
+            for c in await self._client.list_containers(ns, f'labels."{LABEL_FUNCTION}"'):
+                raw = c.extensions.get(EXTENSION)
+                if raw is None:
+                    continue
+                inst = self._launcher.describe(FunctionRecord.decode(raw), c.id)
+                await self._launcher.destroy(inst, grace=0)
+                removed += 1
+        self._table.clear()
+        await self._network.gc(set())
+        return removed
+
     async def _remove_orphan_snapshots(self, namespace: str) -> None:
         """Instance snapshots carry gc.root, so one whose container is gone (the daemon died between
         deleting the two) would never be collected: remove those explicitly."""

@@ -437,7 +437,7 @@ function renderDetail(fn) {
   setText("st-available", fn.availableReplicas ?? 0);
   setText("st-invocations", fmtCount(fn.invocationCount));
   const created = fn.createdAt ? new Date(fn.createdAt) : null;
-  if (created && !Number.isNaN(created.getTime())) {
+  if (created && !Number.isNaN(created.getTime()) && created.getUTCFullYear() > 1) {  // year 1: unknown (Go's zero time)
     $("st-created").replaceChildren(h("span", { text: fmtDate(created) }), h("span", { class: "muted", text: fmtAgo(created) }));
     $("st-created").title = fn.createdAt;
   } else {
