@@ -333,7 +333,9 @@ class ScaleServiceRequest:
     def from_json(cls, raw: object, path_name: str = "") -> ScaleServiceRequest:
         """The body's ``serviceName`` wins, else the path name (faas-provider reads the body)."""
         data = _object(raw, "scale request")
-        name = data.get("serviceName") or path_name
+        name = data.get("serviceName")
+        if name is None or name == "":
+            name = path_name
         replicas = data.get("replicas")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
             raise InvalidRequest("replicas must be a non-negative integer")

@@ -41,6 +41,7 @@ class FakeFunctions:
         self.resolved: list[Key] = []
         self.released: list[tuple[str, str, Endpoint]] = []
         self.scaled: list[ScaleServiceRequest] = []
+        self.replicas: dict[Key, int] = {}  # desired replicas after scale(); 1 until then
         self.invocations: dict[Key, float] = {}
 
     def add(self, deployment: FunctionDeployment, endpoint: Endpoint | None = None) -> None:
@@ -52,10 +53,11 @@ class FakeFunctions:
             self.endpoints[key] = endpoint
 
     def _status(self, key: Key) -> FunctionStatus:
-        ready = 1 if key in self.endpoints and key not in self.unavailable else 0
+        replicas = self.replicas.get(key, 1)
+        ready = 1 if key in self.endpoints and key not in self.unavailable and replicas > 0 else 0
         return FunctionStatus(
             self.deployments[key],
-            replicas=1,
+            replicas=replicas,
             available_replicas=ready,
             invocation_count=self.invocations.get(key, 0.0),
             created_at=self.created_at.get(key),
@@ -91,10 +93,12 @@ class FakeFunctions:
         key = self._require(name, namespace)
         del self.deployments[key]
         self.endpoints.pop(key, None)
+        self.replicas.pop(key, None)
 
     async def scale(self, request: ScaleServiceRequest) -> None:
-        self._require(request.service_name, request.namespace)
+        key = self._require(request.service_name, request.namespace)
         self.scaled.append(request)
+        self.replicas[key] = request.replicas
 
     async def resolve(self, name: str, namespace: str) -> Endpoint:
         key = self._require(name, namespace)

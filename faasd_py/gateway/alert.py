@@ -51,7 +51,8 @@ def parse_alerts(body: object) -> list[Alert]:
     alerts: list[Alert] = []
     for i, item in enumerate(body["alerts"]):
         labels = item.get("labels") if isinstance(item, dict) else None
-        if not (isinstance(labels, dict) and _strings(item, "status") and _strings(labels, "alertname", "function_name")):
+        if not (isinstance(labels, dict) and _strings(item, "status")
+                and _strings(labels, "alertname", "function_name")):
             raise InvalidRequest(
                 f"Unable to parse alert, bad format: alerts[{i}] needs a status and labels alertname and function_name"
             )

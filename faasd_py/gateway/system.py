@@ -43,6 +43,8 @@ DISCONNECT_POLL_SECONDS = 1.0
 # creation time. The spec has createdAt as a non-null date-time and faas-cli fails on "".
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
+INT64_MAX = 2**63 - 1
+
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm"}
 
 
@@ -133,6 +135,8 @@ async def scale_function(request: web.Request) -> web.Response:
     if isinstance(body, dict) and not body.get("namespace") and request.query.get("namespace"):
         body = {**body, "namespace": request.query["namespace"]}  # the OpenFaaS scaler puts it in the query
     req = ScaleServiceRequest.from_json(body, path_name=request.match_info["name"])
+    if req.replicas > INT64_MAX:  # the spec's int64; Go's decoder rejects more
+        raise InvalidRequest(f"replicas {req.replicas} is out of range")
     await request.app[PROVIDER].functions.scale(req)
     return empty(202)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from faasd_py.config import Settings
 from faasd_py.errors import ContainerdAlreadyExists, ContainerdNotFound, FaasdError, RuntimeFailure
-from faasd_py.network.cni import FunctionNetwork
+from faasd_py.network.cni import Attachment, FunctionNetwork
 from faasd_py.provider.contract import Endpoint
 from faasd_py.provider.log_collector import LogCollector, LogTarget
 from faasd_py.provider.readiness import wait_ready
@@ -169,7 +169,8 @@ class Launcher:
         dep = record.deployment
         ns, cid = instance.namespace, instance.id
         undo: list[Callable[[], Awaitable[Any]]] = []
-        net = asyncio.create_task(self._network.setup(instance.netkey))
+        netns_ready = asyncio.Event()
+        net = asyncio.create_task(self._network.setup(instance.netkey, netns_ready))
         undo.append(lambda: self._network.teardown(instance.netkey))
         try:
             snapshotter = self._settings.snapshotter
@@ -206,9 +207,7 @@ class Launcher:
                 snapshotter=snapshotter, runtime=self._settings.runtime, extensions={EXTENSION: record.encode()},
             )
             undo.append(lambda: self._client.delete_container(ns, cid))
-            attachment = await net
-            instance.ip = attachment.ip
-            await self._start_task(instance, mounts)
+            await self._start_task_while_wiring(instance, mounts, net, netns_ready)
         except BaseException:
             if not net.done():
                 net.cancel()
@@ -216,6 +215,33 @@ class Launcher:
                 with contextlib.suppress(Exception):
                     await step()
             self._logs.detach(ns, cid)
+            raise
+
+    async def _start_task_while_wiring(
+        self, instance: Instance, mounts: list[Any], net: asyncio.Task[Attachment], netns_ready: asyncio.Event
+    ) -> None:
+        """Create and start the task as soon as its netns exists, while CNI attaches the veth.
+
+        The watchdog binds 0.0.0.0:8080, which works before eth0 appears; readiness is probed only
+        once the IP is known. On a CNI failure the started task is killed again.
+        """
+        waiter = asyncio.create_task(netns_ready.wait())
+        try:
+            await asyncio.wait({waiter, net}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        failure = net.exception() if net.done() else None
+        if failure is not None:
+            raise failure
+        await self._start_task(instance, mounts)
+        try:
+            instance.ip = (await net).ip
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._client.kill_task(instance.namespace, instance.id, signal.SIGKILL, all=True)
+            with contextlib.suppress(Exception):
+                await self._delete_task(instance.namespace, instance.id)
+            instance.pid = 0
             raise
 
     async def _start_task(self, instance: Instance, mounts: list[Any]) -> None:
@@ -242,14 +268,18 @@ class Launcher:
         instance.restarting = True
         try:
             await self.stop_task(instance, grace=0)
-            attachment = await self._network.setup(instance.netkey)
-            instance.ip = attachment.ip
+            netns_ready = asyncio.Event()
+            net = asyncio.create_task(self._network.setup(instance.netkey, netns_ready))
             try:
                 mounts = await self._client.snapshot_mounts(instance.namespace, instance.id, self._settings.snapshotter)
                 if clear_stale_lock(mounts, instance.tmpdir):
                     log.debug("%s: removed the stale watchdog lock file before the restart", instance.id)
-                await self._start_task(instance, mounts)
+                await self._start_task_while_wiring(instance, mounts, net, netns_ready)
             except BaseException:
+                if not net.done():
+                    net.cancel()
+                with contextlib.suppress(BaseException):
+                    await net
                 with contextlib.suppress(Exception):
                     await self._network.teardown(instance.netkey)
                 raise

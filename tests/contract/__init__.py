@@ -1,0 +1,1 @@
+"""The OpenAPI contract of the gateway: the spec (data) and the differences from it we keep on purpose."""
