@@ -28,6 +28,8 @@ from faasd_py.provider.journal_writer import JOURNAL_SOCKET, JournalWriter, fiel
 
 # Longer lines are split into entries of this size (no byte is lost: joined they are the line).
 MAX_LINE = 64 * 1024
+FLUSH_DELAY = 0.005  # seconds a chunk may wait before it is split into entries (see data_received)
+MAX_BUFFER = 4 * MAX_LINE  # ... unless this much is waiting already
 PRIORITY = {"stdout": 6, "stderr": 3}  # info / err, as faasd does
 
 
@@ -70,12 +72,28 @@ class _PipeProtocol(asyncio.Protocol):
         self._writer = writer
         self._header = target.headers[stream]
         self._buf = bytearray()
+        self._flush: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
+        """Buffer now, split and send a moment later (FLUSH_DELAY).
+
+        A watchdog writes its log line while the gateway is relaying that very call's response;
+        sending the entries right away would put that work on the invocation's critical path.
+        Deferring it batches the lines of a burst too. MAX_BUFFER bounds what waits.
+        """
         if self._writer is None:
             return  # journald disabled: only drain
+        self._buf += data
+        if len(self._buf) >= MAX_BUFFER:
+            self._split()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._split)
+
+    def _split(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         buf = self._buf
-        buf += data
         start = 0
         while True:
             nl = buf.find(b"\n", start)
@@ -95,6 +113,8 @@ class _PipeProtocol(asyncio.Protocol):
         self._writer.send(self._header, bytes(buf[start:end]))
 
     def eof_received(self) -> bool | None:
+        if self._writer is not None:
+            self._split()
         if self._buf and self._writer is not None:
             self._emit(self._buf, 0, len(self._buf))
         self._buf.clear()
