@@ -224,23 +224,31 @@ def _add_host_path(path: str, entries: dict[str, Entry]) -> None:
         return
 
 
-def _generated_entries(python: str) -> list[Entry]:
-    bindir = str(Path(python).parent)
-    exe = Path(python).name
+def skeleton_entries(passwd: str, group: str) -> list[Entry]:
+    """What every image assembled from host files needs besides the files: users, name service
+    files (bind-mounted over at run time), and the directories a container runtime expects."""
     return [
-        file_entry("/etc/passwd", PASSWD),
-        file_entry("/etc/group", GROUP),
+        file_entry("/etc/passwd", passwd),
+        file_entry("/etc/group", group),
         file_entry("/etc/nsswitch.conf", NSSWITCH),
         file_entry("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
         file_entry("/etc/resolv.conf", ""),
         file_entry("/etc/hostname", ""),
         dir_entry("/tmp", 0o1777),
         dir_entry("/root", 0o700),
-        dir_entry("/home"),
-        dir_entry(APP_HOME, 0o755, APP_UID, APP_GID),
         dir_entry("/proc"),
         dir_entry("/sys"),
         dir_entry("/dev"),
+    ]
+
+
+def _generated_entries(python: str) -> list[Entry]:
+    bindir = str(Path(python).parent)
+    exe = Path(python).name
+    return [
+        *skeleton_entries(PASSWD, GROUP),
+        dir_entry("/home"),
+        dir_entry(APP_HOME, 0o755, APP_UID, APP_GID),
         dir_entry("/var/openfaas"),
         symlink_entry(f"{bindir}/python3", exe),
         symlink_entry(f"{bindir}/python", exe),

@@ -23,7 +23,14 @@ from typing import Any
 
 from faasd_py.build.base import DEFAULT_PATH
 from faasd_py.build.function import BuiltImage
-from faasd_py.build.hostbase import _extra_host_paths, _ldd, _oci_arch, _stat_key, default_cache_dir
+from faasd_py.build.hostbase import (
+    _extra_host_paths,
+    _ldd,
+    _oci_arch,
+    _stat_key,
+    default_cache_dir,
+    skeleton_entries,
+)
 from faasd_py.build.layer import (
     Entry,
     Layer,
@@ -43,7 +50,6 @@ LAYER_FORMAT = 1  # bump when the layer content rules change, to invalidate cach
 NOBODY = 65534
 PASSWD = "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
-NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n"
 _MAX_SYMLINK_HOPS = 40
 
 
@@ -137,19 +143,7 @@ def layer_entries(spec: HostBinarySpec) -> list[Entry]:
     exclude = tuple(os.path.normpath(p) for p in spec.exclude)
     for path in [binary, *libs, *_extra_host_paths(libs), *spec.extra_paths]:
         add_host_path(path, found, exclude)
-    generated = [
-        file_entry("/etc/passwd", PASSWD),
-        file_entry("/etc/group", GROUP),
-        file_entry("/etc/nsswitch.conf", NSSWITCH),
-        file_entry("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-        file_entry("/etc/resolv.conf", ""),
-        file_entry("/etc/hostname", ""),
-        dir_entry("/tmp", 0o1777),
-        dir_entry("/root", 0o700),
-        dir_entry("/proc"),
-        dir_entry("/sys"),
-        dir_entry("/dev"),
-    ]
+    generated = skeleton_entries(PASSWD, GROUP)
     generated += [file_entry(p, data) for p, data in sorted(spec.files.items())]
     generated += [dir_entry(p, mode, uid, gid) for p, (mode, uid, gid) in sorted(spec.dirs.items())]
     for e in generated:
