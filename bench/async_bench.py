@@ -37,6 +37,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.static_gateway import StaticProvider, run_echo_upstream
+
 BODY = b'{"hello": "world"}'
 FUNCTION = "bench"
 
@@ -66,48 +68,12 @@ def _wait_port(port: int, timeout: float = 15.0) -> None:
 # --- roles (child processes) --------------------------------------------------------------------
 
 
-def run_upstream(port: int) -> None:
-    from aiohttp import web
-
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=await request.read() or b"hello", content_type="text/plain")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
 def run_gateway(port: int, upstream_port: int, nats_url: str, with_metrics: bool, state_dir: str) -> None:
     from faasd_py.config import Settings
     from faasd_py.gateway.app import INVOKE, build_app, serve
     from faasd_py.gateway.auth import Credentials
     from faasd_py.gateway.metrics import GatewayMetrics
-    from faasd_py.provider.contract import Endpoint
     from faasd_py.provider.queue import AsyncQueue
-    from faasd_py.types import FunctionDeployment, FunctionStatus, ProviderInfo
-
-    endpoint = Endpoint("127.0.0.1", upstream_port, "bench")
-    status = FunctionStatus(FunctionDeployment(service=FUNCTION, image="bench"), replicas=1, available_replicas=1)
-
-    class StaticFunctions:
-        async def get(self, name: str, namespace: str, usage: bool = False) -> FunctionStatus:
-            return status
-
-        async def resolve(self, name: str, namespace: str) -> Endpoint:
-            return endpoint
-
-        def release(self, name: str, namespace: str, ep: Endpoint) -> None:
-            pass
-
-    class StaticProvider:
-        functions = StaticFunctions()
-        namespaces = secrets = logs = None
-
-        def info(self) -> ProviderInfo:
-            return ProviderInfo("faasd-py", "containerd", "bench", "")
-
-        def ready(self) -> bool:
-            return True
 
     settings = Settings(state_dir=Path(state_dir))
     settings.queue.nats_url = nats_url
@@ -115,7 +81,7 @@ def run_gateway(port: int, upstream_port: int, nats_url: str, with_metrics: bool
         setattr(settings.queue, k, v)
     metrics = GatewayMetrics() if with_metrics else None
     queue = AsyncQueue(settings.queue) if nats_url != "-" else None
-    app = build_app(StaticProvider(), settings, Credentials("admin", "bench"),  # type: ignore[arg-type]
+    app = build_app(StaticProvider(upstream_port, FUNCTION), settings, Credentials("admin", "bench"),  # type: ignore[arg-type]
                     on_invocation=metrics.finished if metrics else None,
                     on_start=metrics.started if metrics else None, queue=queue)
     if queue is not None:
@@ -307,7 +273,7 @@ def main() -> None:
     parser.add_argument("args", nargs="*")
     a = parser.parse_args()
     if a.role == "upstream":
-        run_upstream(int(a.args[0]))
+        run_echo_upstream(int(a.args[0]))
         return
     if a.role == "gateway":
         run_gateway(int(a.args[0]), int(a.args[1]), a.args[2], a.args[3] == "1", a.args[4])

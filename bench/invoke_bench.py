@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.static_gateway import StaticProvider, run_echo_upstream
+
 BODY = b'{"hello": "world"}'
 
 
@@ -42,17 +44,8 @@ def _maybe_uvloop() -> None:
 
 
 def run_upstream(port: int) -> None:
-    from aiohttp import web
-
     _maybe_uvloop()
-
-    async def handler(request: web.Request) -> web.Response:
-        body = await request.read()
-        return web.Response(body=body or b"hello", content_type="text/plain")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    run_echo_upstream(port)
 
 
 def run_gateway(port: int, upstream_port: int, state_dir: str) -> None:
@@ -61,32 +54,11 @@ def run_gateway(port: int, upstream_port: int, state_dir: str) -> None:
     from faasd_py.config import Settings
     from faasd_py.gateway.app import build_app
     from faasd_py.gateway.auth import Credentials
-    from faasd_py.provider.contract import Endpoint
-    from faasd_py.types import ProviderInfo
-
-    endpoint = Endpoint("127.0.0.1", upstream_port, "bench")
-
-    class StaticFunctions:
-        async def resolve(self, name: str, namespace: str) -> Endpoint:
-            return endpoint
-
-        def release(self, name: str, namespace: str, ep: Endpoint) -> None:
-            pass
-
-    class StaticProvider:
-        functions = StaticFunctions()
-        namespaces = secrets = logs = None
-
-        def info(self) -> ProviderInfo:
-            return ProviderInfo("faasd-py", "containerd", "bench", "")
-
-        def ready(self) -> bool:
-            return True
 
     _maybe_uvloop()
     settings = Settings(state_dir=Path(state_dir))
     creds = Credentials("admin", "bench")
-    app = build_app(StaticProvider(), settings, creds)  # type: ignore[arg-type]
+    app = build_app(StaticProvider(upstream_port), settings, creds)  # type: ignore[arg-type]
 
     async def main() -> None:
         import signal

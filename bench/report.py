@@ -7,6 +7,7 @@ Rows are computed from the per-repeat results only; the faasd columns come from
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,3 +212,15 @@ def insert_into(doc: Path, text: str) -> None:
         content = content.rstrip("\n") + f"\n\n## Runs\n\n{MARKER}\n"
     head, _, tail = content.partition(MARKER)
     doc.write_text(f"{head}{MARKER}\n\n{text}{tail}")
+
+
+def print_leaks(leaks: list[str]) -> None:
+    print("bench: left behind:\n  " + "\n  ".join(leaks), file=sys.stderr)
+
+
+def failed(error: BaseException, leaks: list[str]) -> int:
+    """Report a benchmark that did not finish; its exit code (130 for Ctrl-C)."""
+    print(f"bench: failed: {error!r}", file=sys.stderr)
+    if leaks:
+        print_leaks(leaks)
+    return 130 if isinstance(error, KeyboardInterrupt) else 1

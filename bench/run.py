@@ -260,10 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         leaks = teardown(env, daemon)
     elapsed = time.monotonic() - t0
     if error is not None:
-        print(f"bench: failed: {error!r}", file=sys.stderr)
-        if leaks:
-            print("bench: left behind:\n  " + "\n  ".join(leaks), file=sys.stderr)
-        return 130 if isinstance(error, KeyboardInterrupt) else 1
+        return report.failed(error, leaks)
 
     table = report.rows(results, plan.connections)
     verdict_lines = report.verdicts(table, results)
@@ -300,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                     for t in r.throughput.values())
     failures += sum(r.warm.failures for reps in results.values() for r in reps if r.warm is not None)
     if leaks:
-        print("bench: left behind:\n  " + "\n  ".join(leaks), file=sys.stderr)
+        report.print_leaks(leaks)
     missed = [v for v in verdict_lines if v.startswith("MISSED")]
     if failures or leaks:
         print(f"bench: {failures} failed request(s) or cycle(s), {len(leaks)} leftover(s)", file=sys.stderr)

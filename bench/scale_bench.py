@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.daemon import NAMESPACE, DaemonProcess, request
 from bench.images import BODY, NAMES, BenchImage, build_and_push
 from bench.procstat import rss_mib
@@ -556,10 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         leaks = teardown(env, daemon)
     elapsed = time.monotonic() - t0
     if error is not None:
-        print(f"bench: failed: {error!r}", file=sys.stderr)
-        if leaks:
-            print("bench: left behind:\n  " + "\n  ".join(leaks), file=sys.stderr)
-        return 130 if isinstance(error, KeyboardInterrupt) else 1
+        return report.failed(error, leaks)
 
     verdict_lines = verdicts(results)
     meta = [
@@ -586,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(results), indent=1))
     if leaks:
-        print("bench: left behind:\n  " + "\n  ".join(leaks), file=sys.stderr)
+        report.print_leaks(leaks)
         return 1
     missed = [v for v in verdict_lines if v.startswith("MISSED")]
     return 1 if args.strict and missed else 0

@@ -11,8 +11,6 @@ cached under a key made of the stat data of every file it holds, like the Python
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -27,13 +25,13 @@ from faasd_py.build.hostbase import (
     _extra_host_paths,
     _ldd,
     _oci_arch,
-    _stat_key,
     default_cache_dir,
     skeleton_entries,
 )
 from faasd_py.build.layer import (
     Entry,
     Layer,
+    cached_layer,
     dir_entry,
     file_entry,
     link_blob,
@@ -41,12 +39,10 @@ from faasd_py.build.layer import (
     source_date_epoch,
     symlink_entry,
     with_parents,
-    write_layer,
 )
 from faasd_py.build.layout import MEDIA_CONFIG, MEDIA_MANIFEST, REF_NAME, add_manifest, canonical_json, init_layout
 from faasd_py.errors import ImageError, InvalidRequest
 
-LAYER_FORMAT = 1  # bump when the layer content rules change, to invalidate caches
 NOBODY = 65534
 PASSWD = "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
@@ -85,7 +81,7 @@ def build_host_binary_image(spec: HostBinarySpec, out_layout: Path, refs: Sequen
     if not binary.is_file() or not os.access(binary, os.X_OK):
         raise ImageError(f"build {spec.name}: {binary} is not an executable file")
     cache = cache_dir or default_cache_dir()
-    layer = _cached_layer(spec, cache, compression)
+    layer = cached_layer(layer_entries(spec), cache, "hostbinary", compression, extra=str(source_date_epoch()))
     init_layout(out_layout)
     blobs = out_layout / "blobs"
     layer = Layer(layer.digest, layer.diff_id, layer.size, layer.media_type, link_blob(layer.path, blobs, layer.digest))
@@ -204,24 +200,3 @@ def _walk(path: Path, entries: dict[str, Entry], exclude: tuple[str, ...], hops:
             entries[str(nxt).lstrip("/")] = Entry(str(nxt), "file", stat.S_IMODE(st.st_mode) & 0o777, source=nxt)
         return
 
-
-def _cached_layer(spec: HostBinarySpec, cache: Path, compression: str) -> Layer:
-    entries = layer_entries(spec)
-    h = hashlib.sha256(f"{LAYER_FORMAT}|{compression}|{source_date_epoch()}".encode())
-    for e in entries:
-        data = hashlib.sha256(e.data).hexdigest() if e.data is not None else ""
-        h.update(f"{e.path}|{e.kind}|{e.mode:o}|{e.uid}|{e.gid}|{e.target}|{data}\n".encode())
-    key = _stat_key([], [Path(e.source) for e in entries if e.source is not None], extra=h.hexdigest())
-    meta_path = cache / f"hostbinary-{key}.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        blob = cache / "blobs" / "sha256" / meta["digest"].split(":", 1)[1]
-        if blob.exists():
-            return Layer(meta["digest"], meta["diff_id"], meta["size"], meta["media_type"], blob)
-    layer = write_layer(entries, cache / "blobs", compression)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
-                               "media_type": layer.media_type, "binary": str(spec.binary)}))
-    os.replace(tmp, meta_path)
-    return layer

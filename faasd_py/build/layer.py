@@ -12,12 +12,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,3 +209,33 @@ def link_blob(src: Path, blobs_dir: Path, digest: str) -> Path:
 
 def host_mode(st: os.stat_result) -> int:
     return stat.S_IMODE(st.st_mode)
+
+
+CACHE_FORMAT = 1  # bump when the layer content rules change, to invalidate cached layers
+
+
+def cached_layer(entries: Sequence[Entry], cache_dir: Path, kind: str, compression: str = "gzip",
+                 extra: str = "") -> Layer:
+    """Writes ``entries`` as a layer into the cache's blob store, or returns the layer written
+    before for the same entries (host files keyed by their stat data, like the host base)."""
+    h = hashlib.sha256(f"{CACHE_FORMAT}|{kind}|{compression}|{extra}".encode())
+    for e in entries:
+        h.update(f"{e.path}|{e.kind}|{e.mode}|{e.uid}|{e.gid}|{e.mtime}|{e.target}\n".encode())
+        if e.data is not None:
+            h.update(hashlib.sha256(e.data).digest())
+        elif e.source is not None:
+            st = os.stat(e.source)
+            h.update(f"{e.source}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}\n".encode())
+    meta_path = cache_dir / f"{kind}-{h.hexdigest()[:32]}.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        blob = cache_dir / "blobs" / "sha256" / meta["digest"].split(":", 1)[1]
+        if blob.exists():
+            return Layer(meta["digest"], meta["diff_id"], meta["size"], meta["media_type"], blob)
+    layer = write_layer(entries, cache_dir / "blobs", compression)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
+                               "media_type": layer.media_type}))
+    os.replace(tmp, meta_path)
+    return layer

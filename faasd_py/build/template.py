@@ -8,8 +8,6 @@ and implements ``faasd-py new``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -21,7 +19,7 @@ import yaml
 
 from faasd_py.build.base import Base
 from faasd_py.build.hostbase import _add_host_path, _cached_deps, _stat_key, default_cache_dir
-from faasd_py.build.layer import Entry, Layer, dir_entry, file_entry, source_date_epoch, with_parents, write_layer
+from faasd_py.build.layer import Entry, Layer, cached_layer, dir_entry, file_entry, source_date_epoch, with_parents
 from faasd_py.build.pycompile import compile_pycs
 from faasd_py.build.stack import DEFAULT_GATEWAY, append_function, stack_yaml
 from faasd_py.errors import Conflict, InvalidRequest
@@ -29,7 +27,6 @@ from faasd_py.types import validate_name
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 SCAFFOLD_DIR = "function"  # inside a template: what `new` copies into the handler directory
-LAYER_FORMAT = 1  # bump when the layer content rules change, to invalidate cached layers
 TOOLS_PATH = "/usr/local/bin:/usr/bin:/bin"
 MODES = ("classic", "serializing", "streaming", "http")
 
@@ -172,31 +169,6 @@ def _libraries(binaries: Sequence[str], cache_dir: Path | None) -> list[str]:
     return _cached_deps(cache_dir or default_cache_dir(), _stat_key(paths, [], extra="tools"), paths)
 
 
-def cached_layer(entries: Sequence[Entry], cache_dir: Path, kind: str, compression: str = "gzip",
-                 extra: str = "") -> Layer:
-    """Writes ``entries`` as a layer into the cache's blob store, or returns the layer written
-    before for the same entries (host files keyed by their stat data, like the host base)."""
-    h = hashlib.sha256(f"{LAYER_FORMAT}|{kind}|{compression}|{extra}".encode())
-    for e in entries:
-        h.update(f"{e.path}|{e.kind}|{e.mode}|{e.uid}|{e.gid}|{e.mtime}|{e.target}\n".encode())
-        if e.data is not None:
-            h.update(hashlib.sha256(e.data).digest())
-        elif e.source is not None:
-            st = os.stat(e.source)
-            h.update(f"{e.source}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}\n".encode())
-    meta_path = cache_dir / f"{kind}-{h.hexdigest()[:32]}.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        blob = cache_dir / "blobs" / "sha256" / meta["digest"].split(":", 1)[1]
-        if blob.exists():
-            return Layer(meta["digest"], meta["diff_id"], meta["size"], meta["media_type"], blob)
-    layer = write_layer(entries, cache_dir / "blobs", compression)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
-                               "media_type": layer.media_type}))
-    os.replace(tmp, meta_path)
-    return layer
 
 
 def template_layer(template: Template, base: Base, cache_dir: Path, compression: str = "gzip") -> Layer | None:
