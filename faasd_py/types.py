@@ -273,9 +273,10 @@ class RuntimeState:
     state: str  # active | paused | stopped | crashloop
     restarts: int = 0  # restarts after crashes, all replicas together
     last_exit: str = ""  # "exit status 1", "OOMKilled"; empty until a replica exits unexpectedly
+    wakes: int = 0  # times woken from zero (paused or stopped) since the daemon started
 
     def to_json(self) -> dict[str, Any]:
-        return {"state": self.state, "restarts": self.restarts, "lastExit": self.last_exit}
+        return {"state": self.state, "restarts": self.restarts, "lastExit": self.last_exit, "wakes": self.wakes}
 
 
 @dataclass(frozen=True, slots=True)

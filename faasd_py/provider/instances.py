@@ -89,6 +89,7 @@ class Instance:
     restarting: bool = False  # exits caused by our own restart are not crashes
     parked: bool = False  # stopped on purpose by scale-to-zero: not a crash, not restored at start
     paused: bool = False  # frozen by scale-to-zero (or found frozen at restore)
+    resync: bool = False  # thawed through the freezer: containerd still counts it as paused
     pid: int = 0  # the task's init process; 0 without a task. An exit event of another pid is stale
     ready_since: float = 0.0
     oom_at: float = -1e9
@@ -105,6 +106,11 @@ class Instance:
     @property
     def netkey(self) -> str:
         return f"{self.namespace}-{self.id}"
+
+    @property
+    def cgroup(self) -> str:
+        """The task's cgroupsPath: where runc puts it, and where the freezer and usage read it."""
+        return f"/{self.namespace}/{self.id}"
 
 
 def new_instance_id(function: str) -> str:
@@ -195,7 +201,7 @@ class Launcher:
                 env=function_env(dep),
                 args=None,
                 netns_path=self._network.netns_path(instance.netkey),
-                cgroups_path=f"/{ns}/{cid}",
+                cgroups_path=instance.cgroup,
                 binds=binds,
                 memory_limit=dep.memory_limit_bytes,
                 cpu_millis=dep.cpu_limit_millis,
@@ -330,7 +336,7 @@ class Launcher:
                     await asyncio.wait_for(instance.exited.wait(), 5)
             await self._delete_task(ns, cid)
         instance.pid = 0
-        instance.paused = False
+        instance.paused = instance.resync = False
         self._logs.detach(ns, cid)
         await self._network.teardown(instance.netkey)
         if instance.ip and self.on_address_released is not None:

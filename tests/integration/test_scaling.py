@@ -1,7 +1,8 @@
 """End to end: scale to zero, replicas and self-healing (issue 4), against the real daemon.
 
 * idle -> paused through the freezer: same IP, replicas 0/0, no CPU; the next call resumes it,
-  and 20 concurrent first calls resume it exactly once (counted on containerd's event stream);
+  and 20 concurrent first calls wake it exactly once (describe's ``faasd.wakes``), through the
+  freezer, after which containerd is told with exactly one Resume (its event stream);
 * the second idle level stops the task (IP released); the next call is a cold start;
 * ``com.openfaas.scale.zero=false`` never pauses;
 * POST /system/scale-function: 0 pauses, 1 resumes, 3 runs three instances that share the calls;
@@ -270,7 +271,11 @@ async def test_an_idle_function_is_paused_keeps_its_ip_and_wakes_on_the_next_cal
     status, out = await daemon.invoke("dozer", b"wake up")
     woke_ms = (time.monotonic() - t0) * 1000
     assert (status, out) == (200, b"wake up")
-    assert freezer(c.id) == "THAWED"
+
+    async def running() -> bool:  # containerd is told after the call (the resync)
+        return (await inspect.task("dozer")).state is TaskState.RUNNING and freezer(c.id) == "THAWED"
+
+    await eventually(running, "dozer thawed and running in containerd's view")
     assert (await inspect.task("dozer")).pid == task.pid  # resumed, not restarted
     awake = await status_of(daemon, "dozer")
     assert (awake["replicas"], awake["availableReplicas"], faasd(awake)["state"]) == (1, 1, "active")
@@ -304,12 +309,22 @@ async def test_concurrent_first_calls_resume_it_once_and_all_succeed(
     await daemon.deploy_ok(function_body("crowd", images["echo"], labels=IDLE_1S))
     for round_ in range(2):
         cid = await until_paused(daemon, inspect, "crowd")
+        assert (await inspect.task("crowd")).state is TaskState.PAUSED
+        wakes = faasd(await status_of(daemon, "crowd"))["wakes"]
         async with EventCounter(ctd, "/tasks/resumed", "/tasks/paused") as events:
             results = await asyncio.gather(*(daemon.invoke("crowd", f"call {i}".encode()) for i in range(20)))
             assert [r for r in results if r[0] != 200] == [], round_
             assert sorted(out for _, out in results) == sorted(f"call {i}".encode() for i in range(20))
-            await asyncio.sleep(0.3)  # events trail the calls a little
+
+            async def told_containerd() -> bool:  # the resync: containerd's Resume after the freezer thaw
+                return (await inspect.task("crowd")).state is TaskState.RUNNING
+
+            await eventually(told_containerd, "containerd lists the woken task as running")
+            await asyncio.sleep(0.3)  # a second Resume, were there one, would show up by now
+        assert faasd(await status_of(daemon, "crowd"))["wakes"] == wakes + 1, round_  # one wake-up for 20 calls
         assert events.count("/tasks/resumed", cid) == 1, (round_, events.seen)
+        assert freezer(cid) == "THAWED"
+        assert (await daemon.invoke("crowd", b"after"))[0] == 200
     await remove(daemon, inspect, "crowd")
 
 
@@ -422,7 +437,10 @@ async def test_scale_api_pauses_resumes_and_runs_several_instances(
     await scale(daemon, "scaled", 1)
     st = await status_of(daemon, "scaled")
     assert (st["replicas"], st["availableReplicas"], faasd(st)["state"]) == (1, 1, "active")
+    await daemon.settle()  # the resync: containerd's Resume after the freezer thaw
     assert freezer(c.id) == "THAWED"
+    task = await inspect.client.get_task(DEFAULT_NAMESPACE, c.id)
+    assert task is not None and task.state is TaskState.RUNNING
 
     await scale(daemon, "scaled", 3)
     st = await status_of(daemon, "scaled")

@@ -41,6 +41,6 @@ def test_invalid_replica_labels_are_a_400_that_names_the_label(labels: dict[str,
 def test_the_faasd_field_is_added_only_when_known() -> None:
     plain = FunctionStatus(deployment=dep()).to_json()
     assert "faasd" not in plain
-    full = FunctionStatus(deployment=dep(), runtime=RuntimeState("crashloop", 3, "OOMKilled")).to_json()
-    assert full["faasd"] == {"state": "crashloop", "restarts": 3, "lastExit": "OOMKilled"}
+    full = FunctionStatus(deployment=dep(), runtime=RuntimeState("crashloop", 3, "OOMKilled", 2)).to_json()
+    assert full["faasd"] == {"state": "crashloop", "restarts": 3, "lastExit": "OOMKilled", "wakes": 2}
     assert full["name"] == "f" and full["replicas"] == 0  # the OpenFaaS fields are unchanged
