@@ -81,6 +81,21 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    def log_helper_pid(self) -> int | None:
+        """The daemon's log helper (``faasd-py-logs``, its child): its CPU and memory are the daemon's too."""
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                status = (proc / "status").read_text()
+                argv = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            parent = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")), "")
+            if parent == str(self.pid) and b"faasd_py.provider.log_helper" in argv:
+                return int(proc.name)
+        return None
+
     @property
     def command(self) -> str:
         return f"{sys.executable} -m faasd_py --config {self.state / 'config.yaml'} up"

@@ -21,6 +21,7 @@ FAST_PY = """\
 import asyncio, os, signal, sys
 
 LOG = os.environ.get("LOG_EACH") == "1"  # one stderr line per request, like most handlers
+DELAY = float(os.environ.get("DELAY_MS", "0")) / 1000  # answer this much later, without using CPU
 
 class Echo(asyncio.Protocol):
     def connection_made(self, transport):
@@ -46,8 +47,12 @@ class Echo(asyncio.Protocol):
             elif LOG:
                 sys.stderr.write("fast: %d bytes\\n" % len(body))
                 sys.stderr.flush()
-            self.t.write(b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: %d\\r\\n\\r\\n%s"
-                         % (len(body), body))
+            out = (b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: %d\\r\\n\\r\\n%s"
+                   % (len(body), body))
+            if DELAY and body != b"OK":
+                asyncio.get_running_loop().call_later(DELAY, self.t.write, out)
+            else:
+                self.t.write(out)
 
 async def main():
     loop = asyncio.get_running_loop()
@@ -76,8 +81,8 @@ def fast_spec() -> FunctionSpec:
     return FunctionSpec(name="fast", entrypoint=[PY, "-S", "/home/app/fast.py"], files={"fast.py": FAST_PY})
 
 
-OWN_SPECS = {"http": http_spec, "fast": fast_spec, "fastlog": fast_spec}
-ENV = {"fastlog": {"LOG_EACH": "1"}}
+OWN_SPECS = {"http": http_spec, "fast": fast_spec, "fastlog": fast_spec, "fastidle": fast_spec}
+ENV = {"fastlog": {"LOG_EACH": "1"}, "fastidle": {"DELAY_MS": "6"}}
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,9 @@ KINDS = {
             "listen backlog raised from 5 to 1024)",
     "fast": "no watchdog: a single-threaded asyncio echo server",
     "fastlog": "fast, plus one stderr line per request (the daemon forwards it to journald)",
+    "fastidle": "fast, answering 6 ms later without using CPU (echo's pace, none of its work)",
 }
-DEFAULT_NAMES = ("echo", "http", "fast")
+DEFAULT_NAMES = ("echo", "http", "fast", "fastidle")
 NAMES = tuple(KINDS)
 
 

@@ -92,6 +92,8 @@ def rows(results: Results, connections: Sequence[int]) -> list[Row]:
         lambda r: _warm(r).cpu_per_request["daemon"], 2)
     add("cpu_c1_containerd", "CPU per request at c=1 via gateway: containerd (ms)",
         lambda r: _warm(r).cpu_per_request["containerd"], 2)
+    add("cpu_c1_logs", "CPU per request at c=1 via gateway: the daemon's log helper (ms)",
+        lambda r: _warm(r).cpu_per_request.get("logs", math.nan), 2)
     add("cpu_c1_journald", "CPU per request at c=1 via gateway: journald, for the function's log lines (ms)",
         lambda r: _warm(r).cpu_per_request["journald"], 2)
     for c in connections:
@@ -112,9 +114,11 @@ def rows(results: Results, connections: Sequence[int]) -> list[Row]:
             _tp(c, lambda t: t.cpu_per_request["daemon"]), 2)
         add(f"cpu_{c}_containerd", f"CPU per request via gateway c={c}: containerd (ms)",
             _tp(c, lambda t: t.cpu_per_request["containerd"]), 2)
+        add(f"cpu_{c}_logs", f"CPU per request via gateway c={c}: the daemon's log helper (ms)",
+            _tp(c, lambda t: t.cpu_per_request.get("logs", math.nan)), 2)
         add(f"cpu_{c}_journald", f"CPU per request via gateway c={c}: journald (ms)",
             _tp(c, lambda t: t.cpu_per_request["journald"]), 2)
-    for proc in ("daemon", "containerd"):
+    for proc in ("daemon", "logs", "containerd"):
         add_text(f"rss_{proc}", f"RSS {proc} before → after load (MiB; one process for all images)",
                  _rss(proc))
     return table

@@ -102,6 +102,9 @@ def run_all(plan: Plan, env: TestEnv, daemon: DaemonProcess, images: dict[str, B
     """Every benchmark, ``plan.repeats`` times; appends the load average at each repeat's start to ``loads``."""
     results: report.Results = {n: [] for n in plan.images}
     pids = {"daemon": daemon.pid, "containerd": env.pids["containerd"]}
+    helper = daemon.log_helper_pid()
+    if helper is not None:
+        pids["logs"] = helper
     journald = journald_pid()
     if journald is not None:
         pids["journald"] = journald

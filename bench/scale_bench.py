@@ -224,6 +224,12 @@ class ResumeClock:
 # --- memory accounting ---------------------------------------------------------------------------
 
 
+def daemon_rss(daemon: DaemonProcess) -> float:
+    """The daemon's RSS plus its log helper's: both are what faasd-py costs."""
+    helper = daemon.log_helper_pid()
+    return rss_mib(daemon.pid) + (rss_mib(helper) if helper is not None else 0.0)
+
+
 def mem_available_mib() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -376,7 +382,7 @@ def measure_density(gw: Gateway, daemon: DaemonProcess, env: TestEnv, img: Bench
                     results: Results) -> None:
     d = results.density
     d.functions, d.image = args.functions, img.name
-    d.daemon_rss_before = rss_mib(daemon.pid)
+    d.daemon_rss_before = daemon_rss(daemon)
     d.containerd_rss_before = rss_mib(env.pids["containerd"])
     host_before = mem_available_mib()
     names = [f"idle-{i:03d}" for i in range(args.functions)]
@@ -397,8 +403,9 @@ def measure_density(gw: Gateway, daemon: DaemonProcess, env: TestEnv, img: Bench
     d.frozen = sum(1 for ids in cids.values() for c in ids if freezer_state(c) == "FROZEN")
     time.sleep(3.0)  # let the kernel settle (page cache, slab) before reading memory
 
-    d.daemon_rss_after = rss_mib(daemon.pid)
-    d.daemon_pss_after = pss_mib(daemon.pid)
+    d.daemon_rss_after = daemon_rss(daemon)
+    helper = daemon.log_helper_pid()
+    d.daemon_pss_after = pss_mib(daemon.pid) + (pss_mib(helper) if helper is not None else 0.0)
     d.containerd_rss_after = rss_mib(env.pids["containerd"])
     d.host_mib_per_function = (host_before - mem_available_mib()) / len(names)
     mems = [cgroup_memory(c) for ids in cids.values() for c in ids]
@@ -443,7 +450,7 @@ def verdicts(results: Results) -> list[str]:
             out.append(f"MISSED {n}: containerd saw the task resumed after {told}/{len(s.resumed)} wakes")
     d = results.density
     if d.functions:
-        out.append(f"{'MET   ' if d.daemon_rss_after <= TARGET_RSS_MIB else 'MISSED'} daemon RSS with "
+        out.append(f"{'MET   ' if d.daemon_rss_after <= TARGET_RSS_MIB else 'MISSED'} daemon + log helper RSS with "
                    f"{d.functions} paused functions = {d.daemon_rss_after:.1f} MiB (target ≤ {TARGET_RSS_MIB:g})")
         v = percentile(d.list_ms, 50)
         out.append(f"{'MET   ' if v <= TARGET_LIST_MS else 'MISSED'} GET /system/functions with {d.listed} "
@@ -490,7 +497,8 @@ def markdown(results: Results, images: dict[str, BenchImage]) -> str:
             f"{percentile(d.deploy_ms, 50):.0f} | |",
             f"| pause (`scale-function` 0 → 202) p50 (ms) | {percentile(d.pause_ms, 50):.1f} | |",
             f"| replicas FROZEN in the freezer | {d.frozen}/{d.functions} | |",
-            f"| daemon RSS before → after (MiB) | {d.daemon_rss_before:.1f} → {d.daemon_rss_after:.1f} "
+            f"| daemon + its log helper RSS before → after (MiB) | {d.daemon_rss_before:.1f} → "
+            f"{d.daemon_rss_after:.1f} "
             f"(PSS {d.daemon_pss_after:.1f}) | ≤ {TARGET_RSS_MIB:g} |",
             f"| daemon RSS per function (KiB) | "
             f"{(d.daemon_rss_after - d.daemon_rss_before) * 1024 / d.functions:.0f} | |",

@@ -27,7 +27,7 @@ from faasd_py.network.dns import SharedFiles, gateway_ip
 from faasd_py.provider.core_services import CoreServices
 from faasd_py.provider.functions import FunctionManager
 from faasd_py.provider.instances import Launcher
-from faasd_py.provider.log_collector import LogCollector
+from faasd_py.provider.log_helper import LogHelper
 from faasd_py.provider.logs import JournalLogs
 from faasd_py.provider.namespaces import NamespaceService
 from faasd_py.provider.queue import AsyncQueue
@@ -84,7 +84,7 @@ class Daemon:
     registry: RegistryClient
     functions: FunctionManager
     network: FunctionNetwork
-    logs: LogCollector
+    logs: LogHelper  # the log helper process: function output → journald, off this loop
     provider: ContainerdProvider
     core: CoreServices
     app: web.Application
@@ -111,7 +111,10 @@ async def build(settings: Settings) -> Daemon:
     shared = SharedFiles(settings.state_dir / "network", settings.network)
     shared.write()
     network = FunctionNetwork(settings.network, settings.state_dir / "cni")
-    collector = LogCollector(settings.run_dir / "fifo", journald=settings.journald)
+    # One helper process drains every function's FIFOs, also with journald off (then it only
+    # drains): reading the pipes here would wake this loop on every line a function writes.
+    collector = LogHelper(settings.run_dir / "fifo", journald=settings.journald)
+    collector.start()
     store = SecretStore(settings.state_dir / "function-secrets", settings.state_dir / "secret-mounts")
     namespaces = NamespaceService(client, snapshotters=(settings.snapshotter,))
     launcher = Launcher(settings, client, network, collector, store, shared.hosts_path, shared.resolv_path)

@@ -54,7 +54,7 @@ from faasd_py.network.cni import Attachment, FunctionNetwork
 from faasd_py.network.dns import SharedFiles
 from faasd_py.network.portproxy import PortProxy
 from faasd_py.provider.compose import ComposeFile, ServiceSpec, load_compose
-from faasd_py.provider.log_collector import LogCollector, LogTarget
+from faasd_py.provider.log_collector import LogSink, LogTarget
 from faasd_py.runtime.client import ContainerdClient
 from faasd_py.runtime.images import ImageService
 from faasd_py.runtime.model import ContainerInfo, ImageInfo, Mount, TaskState
@@ -164,7 +164,7 @@ class CoreServices:
         images: ImageService,
         shared_files: SharedFiles,
         network: FunctionNetwork | None = None,
-        logs: LogCollector | None = None,
+        logs: LogSink | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = settings

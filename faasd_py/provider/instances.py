@@ -26,7 +26,7 @@ from faasd_py.config import Settings
 from faasd_py.errors import ContainerdAlreadyExists, ContainerdNotFound, FaasdError, RuntimeFailure
 from faasd_py.network.cni import Attachment, FunctionNetwork
 from faasd_py.provider.contract import Endpoint
-from faasd_py.provider.log_collector import LogCollector, LogTarget
+from faasd_py.provider.log_collector import LogSink, LogTarget
 from faasd_py.provider.readiness import wait_ready
 from faasd_py.provider.secrets import SecretStore
 from faasd_py.runtime.client import ContainerdClient
@@ -142,7 +142,7 @@ class Launcher:
         settings: Settings,
         client: ContainerdClient,
         network: FunctionNetwork,
-        logs: LogCollector,
+        logs: LogSink,
         secrets_store: SecretStore,
         hosts_file: Path,
         resolv_file: Path,

@@ -2,7 +2,7 @@
 
 systemd-python's ``journal.sendv`` makes a blocking ``sendmsg`` while it holds the GIL. Whenever
 journald falls behind (it stops for tens of milliseconds to sync or rotate files: 40 to 100 ms
-measured on this VM under a burst) the whole daemon, gateway included, would stop with it.
+measured on this VM under a burst) the whole process (the log helper) would stop with it.
 Here each entry is one ``sendto`` of a datagram on a non-blocking socket, in the documented
 format (https://systemd.io/JOURNAL_NATIVE_PROTOCOL/). When the kernel queue is full, entries wait
 in a bounded backlog that is flushed as soon as the socket is writable; past the bound they are

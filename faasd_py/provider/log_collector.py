@@ -1,9 +1,11 @@
-"""Function stdout/stderr → journald, read by the daemon from FIFOs the shim writes to.
+"""Function stdout/stderr → journald, read from FIFOs the shim writes to.
 
-One asyncio reader per stream in the daemon costs a few KiB, where a logger process per
-container (containerd's ``binary://`` driver) would cost ~10 MiB each — too much for hundreds of
-idle functions. The FIFOs live at deterministic paths, so a restarted daemon reattaches to the
-same pipes and nothing written meanwhile is lost (the kernel keeps it in the pipe buffer).
+This is the engine of the log helper (log_helper.py): one process next to the daemon runs one
+collector for every instance, so reading and splitting lines never competes with the gateway's
+event loop. One asyncio reader per stream costs a few KiB, where a logger process per container
+(containerd's ``binary://`` driver) would cost ~10 MiB each — too much for hundreds of idle
+functions. The FIFOs live at deterministic paths, so a restarted daemon (or helper) reattaches to
+the same pipes and nothing written meanwhile is lost (the kernel keeps it in the pipe buffer).
 
 We open our end O_RDWR: the pipe then always has a writer, so there is no spurious EOF before the
 shim opens it, and the shim never gets EPIPE while the daemon restarts.
@@ -23,6 +25,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from faasd_py.provider.journal_writer import JOURNAL_SOCKET, JournalWriter, field
 
@@ -52,6 +55,38 @@ class LogTarget:
             stream: b"".join((field(b"PRIORITY", str(p).encode()), field(b"OPENFAAS_STREAM", stream.encode()), *common))
             for stream, p in PRIORITY.items()
         }
+
+
+class LogSink(Protocol):
+    """What the launcher and the core services need from log collection: a LogCollector in the
+    daemon's own loop (tests) or log_helper.LogHelper, which runs one in a helper process."""
+
+    async def attach(self, target: LogTarget) -> tuple[str, str]: ...
+
+    def detach(self, namespace: str, instance: str, *, remove: bool = True) -> None: ...
+
+    def note(self, target: LogTarget, message: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def fifo_paths(fifo_dir: Path, namespace: str, instance: str) -> tuple[Path, Path]:
+    """Where an instance's stdout and stderr FIFOs are: fixed, so a restart finds them again."""
+    base = fifo_dir / namespace
+    return base / f"{instance}.stdout", base / f"{instance}.stderr"
+
+
+def make_fifos(paths: tuple[Path, Path]) -> None:
+    """Create the FIFOs (mode 0600) unless they exist; anything else at their path is replaced."""
+    paths[0].parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in paths:
+        try:
+            if stat.S_ISFIFO(path.stat().st_mode):
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        os.mkfifo(path, 0o600)
 
 
 def cut(buf: bytes | bytearray, start: int, limit: int = MAX_LINE) -> int:
@@ -147,31 +182,36 @@ class LogCollector:
         self._pipes: dict[tuple[str, str], list[tuple[asyncio.ReadTransport, _PipeProtocol, int]]] = {}
 
     def paths(self, namespace: str, instance: str) -> tuple[Path, Path]:
-        base = self._dir / namespace
-        return base / f"{instance}.stdout", base / f"{instance}.stderr"
+        return fifo_paths(self._dir, namespace, instance)
 
-    async def attach(self, target: LogTarget) -> tuple[str, str]:
-        """Create (or reopen) the instance's FIFOs and start draining them; returns their paths."""
+    async def attach(self, target: LogTarget, *, create: bool = True) -> tuple[str, str]:
+        """Create (or reopen) the instance's FIFOs and start draining them; returns their paths.
+
+        ``create=False``: only open FIFOs that exist (FileNotFoundError otherwise), for a reader
+        whose FIFOs are created and removed by someone else (the log helper's client).
+        """
         key = (target.namespace, target.instance)
+        paths = self.paths(target.namespace, target.instance)
         if key in self._pipes:
-            out, err = self.paths(target.namespace, target.instance)
-            return str(out), str(err)
+            return str(paths[0]), str(paths[1])
+        if create:
+            make_fifos(paths)
         loop = asyncio.get_running_loop()
         pipes: list[tuple[asyncio.ReadTransport, _PipeProtocol, int]] = []
-        paths = self.paths(target.namespace, target.instance)
-        paths[0].parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stream, path in zip(("stdout", "stderr"), paths, strict=True):
-            try:
-                if not stat.S_ISFIFO(path.stat().st_mode):
-                    path.unlink()
-                    raise FileNotFoundError
-            except FileNotFoundError:
-                os.mkfifo(path, 0o600)
-            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            pipe = os.fdopen(fd, "rb", buffering=0)
-            transport, protocol = await loop.connect_read_pipe(
-                functools.partial(_PipeProtocol, self._writer, target, stream), pipe)
-            pipes.append((transport, protocol, fd))
+        try:
+            for stream, path in zip(("stdout", "stderr"), paths, strict=True):
+                fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                pipe = os.fdopen(fd, "rb", buffering=0)
+                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    pipe.close()
+                    raise FileNotFoundError(f"{path} is not a FIFO")
+                transport, protocol = await loop.connect_read_pipe(
+                    functools.partial(_PipeProtocol, self._writer, target, stream), pipe)
+                pipes.append((transport, protocol, fd))
+        except BaseException:
+            for transport, _, _ in pipes:
+                transport.close()
+            raise
         self._pipes[key] = pipes
         return str(paths[0]), str(paths[1])
 
@@ -206,11 +246,27 @@ class LogCollector:
                 if (ns_dir.name, path.name.rsplit(".", 1)[0]) not in keep:
                     self.detach(ns_dir.name, path.name.rsplit(".", 1)[0])
 
+    async def aclose(self, grace: float) -> None:
+        """close(), but give journald up to ``grace`` seconds for the entries still waiting."""
+        for key in list(self._pipes):
+            self.detach(*key, remove=False)
+        await asyncio.sleep(0)  # the closed transports hand over their last partial lines (connection_lost)
+        for _ in range(round(grace / 0.01)):  # polled: the writer has no "sent everything" event
+            if not self.backlog:
+                break
+            await asyncio.sleep(0.01)
+        self.close()
+
     def close(self) -> None:
         for key in list(self._pipes):
             self.detach(*key, remove=False)
         if self._writer is not None:
             self._writer.close()
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of entries waiting for journald (what closing now would lose)."""
+        return self._writer.backlog if self._writer is not None else 0
 
     @property
     def dropped(self) -> int:

@@ -25,6 +25,7 @@ from .logs import log
 from .reaper import forget, spawn
 
 BUFFER_LIMIT = 1 << 20  # bodies up to this size are buffered, so a stale pooled connection can be retried
+WHOLE_BODY = 64 * 1024  # response bodies up to this size (with a Content-Length) are sent with the head
 INTERNAL = ("X-OpenFaaS-Internal", "of-watchdog")
 
 
@@ -205,6 +206,9 @@ class HttpBackend(Backend):
         out.append(("X-Duration-Seconds", duration))
         reusable = version == "HTTP/1.1" and "close" not in headers.tokens("Connection") and not until_eof
         try:
+            if not bodyless and length is not None and length <= WHOLE_BODY:
+                self._relay_whole(ex, conn, reader, status, reason, out, deadline, reusable)
+                return
             ex.start(status, out, reason, length=length if not bodyless or ex.head_only else None)
             while True:
                 _set_timeout(conn.sock, deadline)
@@ -217,6 +221,34 @@ class HttpBackend(Backend):
             conn.close()
             raise
         if reusable and reader.done:
+            self._release(conn)
+        else:
+            conn.close()
+
+    def _relay_whole(self, ex: Exchange, conn: _Conn, reader: BodyReader, status: int, reason: str,
+                     out: list[tuple[str, str]], deadline: float, reusable: bool) -> None:
+        """A small body of known length: read it all, then send head and body in one write. The
+        upstream often writes them apart (http.server does); the gateway then gets the response in
+        one piece and relays it in one piece too. A body cut short is a 502, not a short 200."""
+        parts = []
+        try:
+            while True:
+                _set_timeout(conn.sock, deadline)
+                data = reader.read()
+                if not data:
+                    break
+                parts.append(data)
+        except TimeoutError:
+            conn.close()
+            ex.send(504, [INTERNAL, ("Content-Type", TEXT)], b"the function's response timed out\n")
+            return
+        except (OSError, BadRequest) as exc:
+            conn.close()
+            log(f"Upstream HTTP response error: {exc}")
+            ex.send(502, [INTERNAL, ("Content-Type", TEXT)], b"the function's response broke off\n")
+            return
+        ex.send(status, out, b"".join(parts), reason)
+        if reusable:
             self._release(conn)
         else:
             conn.close()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import urllib.parse
 import uuid
@@ -302,6 +304,44 @@ async def test_follow_streams_new_lines_until_the_client_leaves(
             break
         await asyncio.sleep(0.1)
     assert left == []
+
+
+async def test_output_written_while_the_log_helper_is_down_waits_in_the_pipe(
+    daemon: DaemonHandle, rawlog: str
+) -> None:
+    """The log helper dies: the function keeps answering and writing (containerd's shim holds a
+    read end of each FIFO itself, so its writes neither fail nor block while the pipe has room),
+    and once the daemon has restarted the helper, what was written meanwhile reaches the journal."""
+    assert daemon.daemon is not None
+    helper = daemon.daemon.logs
+    first = helper.pid
+    assert first is not None
+    restarts = helper.restarts
+    helper.restart_delay = 3.0  # long enough to write while no helper runs
+    try:
+        tag = uuid.uuid4().hex
+        os.kill(first, signal.SIGKILL)
+        for _ in range(500):  # until the daemon has noticed (pidfd), at most 5 s
+            if helper.pid is None:
+                break
+            await asyncio.sleep(0.01)
+        assert helper.pid is None, "the daemon did not notice that its log helper died"
+        t0 = time.monotonic()
+        await write(daemon, "".join(f"while down {i} {tag}\n" for i in range(200)).encode())  # ~10 KiB
+        await write(daemon, f"stderr while down {tag}\n".encode(), fd=2)
+        assert time.monotonic() - t0 < 2, "the function blocked on its output"
+        assert helper.pid is None and not any(tag.encode() in message(e) for e in await journal(rawlog))
+        entries = await journal_until(rawlog, having(f"while down 199 {tag}".encode(),
+                                                     f"stderr while down {tag}".encode()))
+        assert helper.pid not in (None, first) and helper.restarts == restarts + 1
+        down = [message(e) for e in entries if tag.encode() in message(e) and e["OPENFAAS_STREAM"] == "stdout"]
+        assert down == [f"while down {i} {tag}".encode() for i in range(200)]  # none lost, in order
+        # and the pipes work as before with the new helper
+        await write(daemon, f"after the restart {tag}\n".encode())
+        assert having(f"after the restart {tag}".encode())(
+            await journal_until(rawlog, having(f"after the restart {tag}".encode())))
+    finally:
+        helper.restart_delay = 0.1
 
 
 async def test_a_flood_of_output_never_stalls_the_function(daemon: DaemonHandle, rawlog: str) -> None:

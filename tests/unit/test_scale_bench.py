@@ -14,7 +14,7 @@ def test_verdicts_use_p50_and_the_density_figures() -> None:
     out = verdicts(r)
     assert out[0].startswith("MET    fast") and "9.50 ms" in out[0]
     assert out[1].startswith("MISSED echo") and "17.00 ms" in out[1]
-    assert out[2].startswith("MET    daemon RSS with 200 paused functions = 72.0 MiB")
+    assert out[2].startswith("MET    daemon + log helper RSS with 200 paused functions = 72.0 MiB")
     assert out[3].startswith("MET    GET /system/functions with 200 functions p50 = 2.0 ms")
     assert verdicts(Results(sides={}, density=Density(functions=0))) == []
 

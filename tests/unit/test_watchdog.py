@@ -529,6 +529,13 @@ class H(BaseHTTPRequestHandler):
             return
         if self.path.startswith("/die"):
             os._exit(7)
+        if self.path.startswith("/short"):  # promises 100 bytes, sends 10, hangs up
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+            self.close_connection = True
+            return
         out = json.dumps({"method": self.command, "path": self.path, "headers": dict(self.headers.items()),
                           "body": body.decode(), "te": self.headers.get("Transfer-Encoding")}).encode()
         self.send_response(201 if self.path.startswith("/created") else 200)
@@ -574,6 +581,22 @@ def test_http_mode_proxies_method_path_query_headers_body(http_watchdog: Callabl
     time.sleep(0.1)
     assert "PATCH /created/x?a=1&b=two - 201 Created - ContentLength:" in wd.logs()
     assert "stderr: upstream request" in wd.logs()
+
+
+def test_http_mode_sends_a_small_response_in_one_write_and_a_cut_body_as_502(
+    http_watchdog: Callable[..., Watchdog]
+) -> None:
+    wd = http_watchdog()
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=5) as s:
+        s.sendall(b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        first = s.recv(65536)  # one write: head and body arrive together (http.server wrote them apart)
+    head, sep, body = first.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and sep
+    length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")))
+    assert len(body) == length and json.loads(body)["body"] == "hi"
+    r = request(wd.port, "GET", "/short")
+    assert r.status == 502 and r.headers["x-openfaas-internal"] == "of-watchdog"  # not a 200 with 10 of 100 bytes
+    assert request(wd.port, "POST", "/", b"after").status == 200
 
 
 def test_http_mode_keep_alive_reuses_the_upstream_connection(http_watchdog: Callable[..., Watchdog]) -> None:
