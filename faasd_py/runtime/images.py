@@ -282,14 +282,11 @@ class ImageService:
             await self._content.ensure(layer, labels, session, lambda: source.stream(layer))
 
     async def _unpack(self, tree: _Tree, writes: list[asyncio.Task[None]], session: Session) -> None:
-        if tree.chains and await self._snapshot_exists(tree.chains[-1], session):  # its parents exist too
-            await lease_resource(self._channel, session, f"snapshots/{self._snapshotter}", tree.chains[-1])
+        if tree.chains and await self._held(tree.chains[-1], session):  # its parents exist too
             return
         parent = ""
         for layer, diff_id, chain, write in zip(tree.manifest.layers, tree.diff_ids, tree.chains, writes, strict=True):
-            if await self._snapshot_exists(chain, session):
-                await lease_resource(self._channel, session, f"snapshots/{self._snapshotter}", chain)
-            else:
+            if not await self._held(chain, session):
                 await write
                 apply = functools.partial(self._apply, layer, diff_id, chain, parent, session)
                 _, ours = await self._unpacks.run((session.namespace, chain), apply)
@@ -324,6 +321,14 @@ class ImageService:
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await self._snapshots.Remove(
                         snapshots_pb2.RemoveSnapshotRequest(snapshotter=self._snapshotter, key=key), metadata=md)
+
+    async def _held(self, chain: str, session: Session) -> bool:
+        """Whether the committed snapshot ``chain`` exists, put under our lease *before* looking:
+        otherwise containerd's garbage collector could remove an unreferenced one between the look
+        and the lease, and the next layer's Prepare would fail with "parent snapshot does not exist"
+        (seen once in CI after another test deleted the last image using that base layer)."""
+        await lease_resource(self._channel, session, f"snapshots/{self._snapshotter}", chain)
+        return await self._snapshot_exists(chain, session)
 
     async def _snapshot_exists(self, key: str, session: Session) -> bool:
         try:
