@@ -14,7 +14,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .app import TEXT, Backend
 from .config import Config, parse_duration
@@ -210,11 +210,7 @@ class HttpBackend(Backend):
                 self._relay_whole(ex, conn, reader, status, reason, out, deadline, reusable)
                 return
             ex.start(status, out, reason, length=length if not bodyless or ex.head_only else None)
-            while True:
-                _set_timeout(conn.sock, deadline)
-                data = reader.read()
-                if not data:
-                    break
+            for data in _chunks(conn, reader, deadline):
                 ex.write(data)
             ex.finish()
         except BaseException:
@@ -230,14 +226,8 @@ class HttpBackend(Backend):
         """A small body of known length: read it all, then send head and body in one write. The
         upstream often writes them apart (http.server does); the gateway then gets the response in
         one piece and relays it in one piece too. A body cut short is a 502, not a short 200."""
-        parts = []
         try:
-            while True:
-                _set_timeout(conn.sock, deadline)
-                data = reader.read()
-                if not data:
-                    break
-                parts.append(data)
+            body = b"".join(_chunks(conn, reader, deadline))
         except TimeoutError:
             conn.close()
             ex.send(504, [INTERNAL, ("Content-Type", TEXT)], b"the function's response timed out\n")
@@ -247,7 +237,7 @@ class HttpBackend(Backend):
             log(f"Upstream HTTP response error: {exc}")
             ex.send(502, [INTERNAL, ("Content-Type", TEXT)], b"the function's response broke off\n")
             return
-        ex.send(status, out, b"".join(parts), reason)
+        ex.send(status, out, body, reason)
         if reusable:
             self._release(conn)
         else:
@@ -314,6 +304,16 @@ class HttpBackend(Backend):
             return
         log(f"{ex.req.method} {ex.req.request_uri} - {ex.status} {reason} - ContentLength: {ex.bytes_out}B "
             f"({time.monotonic() - start:.4f}s)")
+
+
+def _chunks(conn: _Conn, reader: BodyReader, deadline: float) -> Iterator[bytes]:
+    """The upstream response body as it arrives, each read bounded by the call's deadline."""
+    while True:
+        _set_timeout(conn.sock, deadline)
+        data = reader.read()
+        if not data:
+            return
+        yield data
 
 
 def _set_timeout(sock: socket.socket, deadline: float) -> None:

@@ -23,18 +23,11 @@ import pytest
 from faasd_py.provider import log_helper
 from faasd_py.provider.log_collector import LogTarget, make_fifos
 from faasd_py.provider.log_helper import LogHelper
-from tests.unit.test_logs import FakeJournald, wait_for_condition, write_all
+from tests.unit.journald_fake import FakeJournald, wait_for_condition, write_all
 
 TARGET = LogTarget("team-a", "fn1", "fn1-0123abcd")
 OTHER = LogTarget("team-a", "fn2", "fn2-89abcdef")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def journald(tmp_path: Path) -> Iterator[FakeJournald]:
-    j = FakeJournald(tmp_path / "journal.sock")
-    yield j
-    j.close()
 
 
 @pytest.fixture
