@@ -9,7 +9,8 @@
   ``com.openfaas.scale.min`` at deploy, ``com.openfaas.scale.max`` clamps, min > max is a 400;
 * crash loops and OOM kills: restarted with backoff, visible in describe (``faasd`` field) and
   in the function's own log stream;
-* a daemon restart keeps a paused function paused and an idle-stopped one stopped.
+* a daemon restart keeps a paused function paused and an idle-stopped one stopped, and one woken
+  through the freezer but not yet resynced with containerd is resynced after its next call.
 
 The module runs its own daemon with a fast idle sweep; functions opt in to a 1 s idle time with
 the zero-duration label, everything else keeps the (long) defaults.
@@ -642,3 +643,33 @@ async def test_an_idle_stopped_function_stays_stopped_across_a_daemon_restart(
     assert (status, out) == (200, b"spring")
     assert (await inspect.task("bear")).state is TaskState.RUNNING
     await remove(daemon, inspect, "bear")
+
+
+async def test_a_wake_containerd_was_not_told_of_yet_survives_a_daemon_restart(
+    daemon: DaemonHandle, images: PushedImages, inspect: Inspector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon stops between a wake through the freezer and the resync: containerd still lists
+    the task as paused while it runs. The next daemon trusts containerd (paused), its first call's
+    thaw is a no-op, and the resync then makes containerd's view true."""
+    monkeypatch.setattr("faasd_py.provider.functions.RESYNC_QUIET", 60.0)  # no resync before the stop
+    monkeypatch.setattr("faasd_py.provider.functions.RESYNC_WAIT", 60.0)
+    await daemon.deploy_ok(function_body("insomniac", images["echo"], labels=NEVER_IDLE))
+    c = await inspect.instance("insomniac")
+    pid = (await inspect.task("insomniac")).pid
+    await scale(daemon, "insomniac", 0)
+    assert freezer(c.id) == "FROZEN"
+    assert await daemon.invoke("insomniac", b"up") == (200, b"up")
+    await daemon.stop()
+    assert freezer(c.id) == "THAWED"
+    assert (await inspect.task("insomniac")).state is TaskState.PAUSED  # containerd was not told
+
+    monkeypatch.setattr("faasd_py.provider.functions.RESYNC_QUIET", 0.25)
+    monkeypatch.setattr("faasd_py.provider.functions.RESYNC_WAIT", 5.0)
+    await daemon.start()
+    st = await status_of(daemon, "insomniac")
+    assert (st["replicas"], faasd(st)["state"]) == (0, "paused")
+    assert await daemon.invoke("insomniac", b"again") == (200, b"again")
+    await daemon.settle()  # the resync
+    task = await inspect.task("insomniac")
+    assert (task.state, task.pid, freezer(c.id)) == (TaskState.RUNNING, pid, "THAWED")
+    await remove(daemon, inspect, "insomniac")
