@@ -99,7 +99,7 @@ KINDS = {
     "http": "http mode, the watchdog proxies to a threaded Python HTTP server (tests' `http` handler, "
             "listen backlog raised from 5 to 1024)",
     "fast": "no watchdog: a single-threaded asyncio echo server",
-    "fastlog": "fast, plus one stderr line per request (the daemon forwards it to journald)",
+    "fastlog": "fast, plus one stderr line per request (the log helper forwards it to journald)",
     "fastidle": "fast, answering 6 ms later without using CPU (echo's pace, none of its work)",
 }
 DEFAULT_NAMES = ("echo", "http", "fast", "fastidle")
