@@ -155,11 +155,12 @@ RestartSec=2
 # restoring many functions can take a while before READY=1
 TimeoutStartSec=180
 WatchdogSec=30
-# Only the daemon is stopped on restart: functions belong to containerd and keep serving.
+# Only the daemon is stopped on restart: functions belong to containerd and keep serving
+# (its log helper exits by itself once the daemon is gone).
 KillMode=process
 TimeoutStopSec=30
 LimitNOFILE=1048576
-# every function's output reaches journald through the daemon: no per-unit rate limit
+# every function's output reaches journald through the daemon's log helper: no per-unit rate limit
 LogRateLimitIntervalSec=0
 Environment={env}
 StandardOutput=journal
