@@ -38,31 +38,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.static_gateway import StaticProvider, run_echo_upstream
+from tests.infra import free_port, wait_port
 
 BODY = b'{"hello": "world"}'
 FUNCTION = "bench"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 # --- roles (child processes) --------------------------------------------------------------------
@@ -288,7 +267,7 @@ def main() -> None:
         natsd = NatsServer(Path(tmp) / "nats").start()
         try:
             me = [sys.executable, "-m", "bench.async_bench"]
-            up, queued, on, off = _free_port(), _free_port(), _free_port(), _free_port()
+            up, queued, on, off = free_port(), free_port(), free_port(), free_port()
             roles = {
                 "upstream": [*me, "upstream", str(up)],
                 "queued": [*me, "gateway", str(queued), str(up), natsd.url, "1", str(Path(tmp) / "q")],
@@ -302,7 +281,7 @@ def main() -> None:
                 procs.append(p)
                 pids[name] = p.pid
             for port in (up, queued, on, off):
-                _wait_port(port)
+                wait_port(port)
             time.sleep(1.0)  # the queued gateway connects to NATS in the background
             for r in range(a.repeats):
                 f = asyncio.run(async_figures(queued, a.calls, a.concurrency, a.latency_calls,

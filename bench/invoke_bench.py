@@ -22,17 +22,9 @@ import time
 from pathlib import Path
 
 from bench.static_gateway import StaticProvider, run_echo_upstream
+from tests.infra import free_port, wait_port
 
 BODY = b'{"hello": "world"}'
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _maybe_uvloop() -> None:
@@ -75,19 +67,6 @@ def run_gateway(port: int, upstream_port: int, state_dir: str) -> None:
 
     del web
     asyncio.run(main())
-
-
-def _wait_port(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 def sequential(port: int, path: str, n: int) -> list[float]:
@@ -142,15 +121,15 @@ def main() -> None:
 
     if a.uvloop:
         os.environ["INVOKE_BENCH_UVLOOP"] = "1"
-    up_port, gw_port = _free_port(), _free_port()
+    up_port, gw_port = free_port(), free_port()
     procs = []
     with tempfile.TemporaryDirectory() as state:
         try:
             me = [sys.executable, "-m", "bench.invoke_bench"]
             procs.append(subprocess.Popen([*me, "upstream", str(up_port)]))
             procs.append(subprocess.Popen([*me, "gateway", str(gw_port), str(up_port), state]))
-            _wait_port(up_port)
-            _wait_port(gw_port)
+            wait_port(up_port)
+            wait_port(gw_port)
             gw_path = "/function/bench.openfaas-fn"
             for round_ in range(2):
                 direct = sequential(up_port, "/", a.requests)

@@ -209,13 +209,14 @@ def section(title: str, meta: list[tuple[str, str]], table_md: str, verdict_line
     return "\n".join(out) + "\n"
 
 
-def insert_into(doc: Path, text: str) -> None:
-    """Put ``text`` right below the marker (newest first); append the marker if the file lacks it."""
+def insert_into(doc: Path, text: str, marker: str = MARKER, heading: str = "## Runs") -> None:
+    """Put ``text`` right below ``marker`` (newest first); a file without the marker gets
+    ``heading`` and the marker appended once."""
     content = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if MARKER not in content:
-        content = content.rstrip("\n") + f"\n\n## Runs\n\n{MARKER}\n"
-    head, _, tail = content.partition(MARKER)
-    doc.write_text(f"{head}{MARKER}\n\n{text}{tail}")
+    if marker not in content:
+        content = content.rstrip("\n") + f"\n\n{heading}\n\n{marker}\n"
+    head, _, tail = content.partition(marker)
+    doc.write_text(f"{head}{marker}\n\n{text}{tail}")
 
 
 def print_leaks(leaks: list[str]) -> None:

@@ -519,15 +519,6 @@ def markdown(results: Results, images: dict[str, BenchImage]) -> str:
     return "\n".join(lines)
 
 
-def insert_into(doc: Path, text: str) -> None:
-    """Below this benchmark's own marker (newest first); the section is appended once if missing."""
-    content = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if MARKER not in content:
-        content = content.rstrip("\n") + f"\n\n{SECTION}\n\n{MARKER}\n"
-    head, _, tail = content.partition(MARKER)
-    doc.write_text(f"{head}{MARKER}\n\n{text}{tail}")
-
-
 # --- main ----------------------------------------------------------------------------------------
 
 
@@ -600,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     doc = None if args.no_doc else (args.doc or DOC)
     if doc is not None:
-        insert_into(doc, text)
+        report.insert_into(doc, text, MARKER, SECTION)
         say(f"added to {doc}")
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(results), indent=1))

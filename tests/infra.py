@@ -50,6 +50,18 @@ def free_port() -> int:
         return port
 
 
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    """Until something accepts on 127.0.0.1:``port``; RuntimeError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
 def missing_prerequisite() -> str | None:
     if os.geteuid() != 0:
         return "integration tests need root"

@@ -29,6 +29,7 @@ SKIP_EXTENSION_PREFIXES = ("_test", "_xx", "xxlimited", "_ctypes_test")
 EXTRA_HOST_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/usr/lib/ssl/cert.pem")  # TLS clients in functions
 # dlopen()ed by glibc (thread cancellation / unwinding): ldd cannot see it
 EXTRA_LIBS = ("libgcc_s.so.1",)
+MAX_SYMLINK_HOPS = 40  # as the kernel's limit for one path
 
 PASSWD = (
     "root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -66,9 +67,9 @@ def host_python_base(cache_dir: Path | None = None, python: str = DEFAULT_PYTHON
     deps = _cached_deps(cache, key1, [exe, *extensions])
     paths: dict[str, Entry] = {}
     for p in [str(exe), *deps, *(str(e) for e in extensions), *_extra_host_paths(deps)]:
-        _add_host_path(p, paths)
+        add_host_path(p, paths)
     for f in core:
-        _add_host_path(str(f), paths)
+        add_host_path(str(f), paths)
     entries = list(paths.values()) + _generated_entries(python)
     key = _stat_key([], [Path(e.source) for e in entries if e.source is not None],
                     extra=key1 + "|" + "|".join(sorted(f"{e.path}>{e.target}" for e in entries if e.kind == "symlink")))
@@ -184,12 +185,23 @@ def _extra_host_paths(deps: list[str]) -> list[str]:
     return out
 
 
-def _add_host_path(path: str, entries: dict[str, Entry]) -> None:
-    """Copies ``path`` with every symlink met on the way (``/lib -> usr/lib``, versioned .so
-    links), so the image resolves the same names the host does."""
-    pending = [p for p in Path(path).parts[1:]]
+def add_host_path(path: str, entries: dict[str, Entry], exclude: tuple[str, ...] = (), *,
+                  missing_ok: bool = False) -> None:
+    """Copy host ``path`` to the same path in the image with every symlink met on the way
+    (``/lib64 -> usr/lib64``, versioned .so links, ``static/d3 -> ../../javascript/d3``), so the
+    image resolves the names the host does. A directory asked for by name is taken whole;
+    excluded subtrees are left out; so are dangling links with ``missing_ok`` (otherwise they
+    raise FileNotFoundError). ``entries`` is keyed by entry name; a later caller's entry wins."""
+    _walk(Path(path), entries, exclude, missing_ok, 0)
+
+
+def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
+    return any(path == e or path.startswith(e.rstrip("/") + "/") for e in exclude)
+
+
+def _walk(path: Path, entries: dict[str, Entry], exclude: tuple[str, ...], missing_ok: bool, hops: int) -> None:
+    pending = list(path.parts[1:])
     cur = Path("/")
-    hops = 0
     while pending:
         name = pending.pop(0)
         if name in ("", "."):
@@ -198,13 +210,21 @@ def _add_host_path(path: str, entries: dict[str, Entry]) -> None:
             cur = cur.parent
             continue
         nxt = cur / name
-        st = os.lstat(nxt)
+        key = str(nxt).lstrip("/")
+        if _excluded(str(nxt), exclude):
+            return
+        try:
+            st = os.lstat(nxt)
+        except FileNotFoundError:
+            if missing_ok:
+                return  # a dangling link somewhere on the way: nothing to copy
+            raise
         if stat.S_ISLNK(st.st_mode):
             hops += 1
-            if hops > 40:
-                raise ImageError(f"host base: symlink loop at {nxt}")
+            if hops > MAX_SYMLINK_HOPS:
+                raise ImageError(f"build: symlink loop at {nxt}")
             target = os.readlink(nxt)
-            entries.setdefault(str(nxt), symlink_entry(str(nxt), target))
+            entries.setdefault(key, symlink_entry(str(nxt), target))
             if target.startswith("/"):
                 cur = Path("/")
                 pending = list(Path(target).parts[1:]) + pending
@@ -212,15 +232,16 @@ def _add_host_path(path: str, entries: dict[str, Entry]) -> None:
                 pending = list(Path(target).parts) + pending
             continue
         if stat.S_ISDIR(st.st_mode):
-            if not pending:  # a directory asked for by name: take it whole
+            if not pending:
+                entries.setdefault(key, dir_entry(str(nxt), stat.S_IMODE(st.st_mode) & 0o777))
                 for child in sorted(os.listdir(nxt)):
-                    _add_host_path(str(nxt / child), entries)
-                entries.setdefault(str(nxt), dir_entry(str(nxt)))
+                    _walk(nxt / child, entries, exclude, missing_ok, hops)
+                return
             cur = nxt
             continue
-        if stat.S_ISREG(st.st_mode):
-            entries[str(nxt)] = Entry(str(nxt), "file", stat.S_IMODE(st.st_mode) & 0o777, mtime=int(st.st_mtime),
-                                      source=nxt)
+        if stat.S_ISREG(st.st_mode) and not pending:
+            entries[key] = Entry(str(nxt), "file", stat.S_IMODE(st.st_mode) & 0o777, mtime=int(st.st_mtime),
+                                 source=nxt)
         return
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from faasd_py.build.hostbase import (
     _extra_host_paths,
     _ldd,
     _oci_arch,
+    add_host_path,
     default_cache_dir,
     skeleton_entries,
 )
@@ -37,7 +37,6 @@ from faasd_py.build.layer import (
     link_blob,
     put_blob,
     source_date_epoch,
-    symlink_entry,
     with_parents,
 )
 from faasd_py.build.layout import MEDIA_CONFIG, MEDIA_MANIFEST, REF_NAME, add_manifest, canonical_json, init_layout
@@ -46,7 +45,6 @@ from faasd_py.errors import ImageError, InvalidRequest
 NOBODY = 65534
 PASSWD = "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
-_MAX_SYMLINK_HOPS = 40
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ def layer_entries(spec: HostBinarySpec) -> list[Entry]:
     found: dict[str, Entry] = {}
     exclude = tuple(os.path.normpath(p) for p in spec.exclude)
     for path in [binary, *libs, *_extra_host_paths(libs), *spec.extra_paths]:
-        add_host_path(path, found, exclude)
+        add_host_path(path, found, exclude, missing_ok=True)
     generated = skeleton_entries(PASSWD, GROUP)
     generated += [file_entry(p, data) for p, data in sorted(spec.files.items())]
     generated += [dir_entry(p, mode, uid, gid) for p, (mode, uid, gid) in sorted(spec.dirs.items())]
@@ -146,57 +144,4 @@ def layer_entries(spec: HostBinarySpec) -> list[Entry]:
         found[e.name] = e
     return with_parents([dataclasses.replace(e, mtime=mtime) for e in found.values()], mtime)
 
-
-def add_host_path(path: str, entries: dict[str, Entry], exclude: tuple[str, ...] = ()) -> None:
-    """Copy host ``path`` to the same path in the image with every symlink met on the way
-    (``/lib64 -> usr/lib64``, ``static/d3 -> ../../javascript/d3``), so the image resolves the
-    names the host does. A directory is taken whole; dangling links and excluded subtrees are
-    left out."""
-    _walk(Path(path), entries, exclude, 0)
-
-
-def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
-    return any(path == e or path.startswith(e.rstrip("/") + "/") for e in exclude)
-
-
-def _walk(path: Path, entries: dict[str, Entry], exclude: tuple[str, ...], hops: int) -> None:
-    pending = list(path.parts[1:])
-    cur = Path("/")
-    while pending:
-        name = pending.pop(0)
-        if name in ("", "."):
-            continue
-        if name == "..":
-            cur = cur.parent
-            continue
-        nxt = cur / name
-        if _excluded(str(nxt), exclude):
-            return
-        try:
-            st = os.lstat(nxt)
-        except FileNotFoundError:
-            return  # a dangling link somewhere on the way: nothing to copy
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > _MAX_SYMLINK_HOPS:
-                raise ImageError(f"build: symlink loop at {nxt}")
-            target = os.readlink(nxt)
-            entries.setdefault(str(nxt).lstrip("/"), symlink_entry(str(nxt), target))
-            if target.startswith("/"):
-                cur = Path("/")
-                pending = list(Path(target).parts[1:]) + pending
-            else:
-                pending = list(Path(target).parts) + pending
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            if not pending:
-                entries.setdefault(str(nxt).lstrip("/"), dir_entry(str(nxt), stat.S_IMODE(st.st_mode) & 0o777))
-                for child in sorted(os.listdir(nxt)):
-                    _walk(nxt / child, entries, exclude, hops)
-                return
-            cur = nxt
-            continue
-        if stat.S_ISREG(st.st_mode) and not pending:
-            entries[str(nxt).lstrip("/")] = Entry(str(nxt), "file", stat.S_IMODE(st.st_mode) & 0o777, source=nxt)
-        return
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from faasd_py.build.base import Base
-from faasd_py.build.hostbase import _add_host_path, _cached_deps, _stat_key, default_cache_dir
+from faasd_py.build.hostbase import _cached_deps, _stat_key, add_host_path, default_cache_dir
 from faasd_py.build.layer import Entry, Layer, cached_layer, dir_entry, file_entry, source_date_epoch, with_parents
 from faasd_py.build.pycompile import compile_pycs
 from faasd_py.build.stack import DEFAULT_GATEWAY, append_function, stack_yaml
@@ -152,7 +152,7 @@ def host_tool_entries(tools: Iterable[str], skip: Iterable[str] = (), cache_dir:
     libs = [lib for lib in _libraries(real, cache_dir) if os.path.realpath(lib) not in skipped]
     entries: dict[str, Entry] = {}
     for p in [*found, *libs]:
-        _add_host_path(p, entries)
+        add_host_path(p, entries)
     return list(entries.values())
 
 

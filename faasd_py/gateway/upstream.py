@@ -451,27 +451,23 @@ class Pool:
             self._ticker = asyncio.ensure_future(self._tick_loop())
         key = (host, port)
         conn = self._acquire(key)
-        if conn is None:
-            conn = await self._connect(key, deadline)
-        conn.deadline = deadline
-        conn.start(head, body, chunked, head_only)
-        try:
-            return conn, await conn.wait_head()
-        except _StaleConnection:
-            conn.close()
-            if not retry_stale or not (body is None or isinstance(body, bytes)):
+        # a connection closed before any response byte: once more on a new one, if the body can be re-sent
+        retry = retry_stale and (body is None or isinstance(body, bytes))
+        while True:
+            if conn is None:
+                conn = await self._connect(key, deadline)
+            conn.deadline = deadline
+            conn.start(head, body, chunked, head_only)
+            try:
+                return conn, await conn.wait_head()
+            except _StaleConnection:
+                conn.close()
+                if not retry:
+                    raise
+                retry, conn = False, None
+            except BaseException:
+                conn.close()
                 raise
-        except BaseException:
-            conn.close()
-            raise
-        conn = await self._connect(key, deadline)
-        conn.deadline = deadline
-        conn.start(head, body, chunked, head_only)
-        try:
-            return conn, await conn.wait_head()
-        except BaseException:
-            conn.close()
-            raise
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.scale_bench import MARKER, SECTION, Density, Results, Side, insert_into, verdicts
+from bench.report import insert_into
+from bench.scale_bench import MARKER, SECTION, Density, Results, Side, verdicts
 
 
 def test_verdicts_use_p50_and_the_density_figures() -> None:
@@ -22,8 +23,8 @@ def test_verdicts_use_p50_and_the_density_figures() -> None:
 def test_runs_go_to_their_own_section_newest_first(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Runs\n\n<!-- other runs -->\n\n### core run\n")
-    insert_into(doc, "### first\n")
-    insert_into(doc, "### second\n")
+    insert_into(doc, "### first\n", MARKER, SECTION)
+    insert_into(doc, "### second\n", MARKER, SECTION)
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\n## Runs\n\n<!-- other runs -->\n\n### core run\n")
     assert text.count(SECTION) == 1 and text.count(MARKER) == 1

@@ -35,6 +35,7 @@ from faasd_py.build.template import (
 )
 from faasd_py.cli import main
 from faasd_py.errors import Conflict, ImageError, InvalidRequest
+from tests.infra import free_port
 
 PYTHON = "/usr/bin/python3.11"
 pytestmark = pytest.mark.skipif(not os.access(PYTHON, os.X_OK), reason=f"{PYTHON} not installed")
@@ -134,17 +135,10 @@ def handle(event, context):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[int]:
     app = _layout(tmp_path, "python3-http", WEB_HANDLER)
-    port = _free_port()
+    port = free_port()
     env = {"upstream_url": f"http://127.0.0.1:{port}", "HOSTNAME": "web-1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen([PYTHON, "index.py"], cwd=app, env=env, stderr=subprocess.PIPE)
     try:

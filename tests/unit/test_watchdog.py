@@ -27,6 +27,7 @@ import pytest
 
 from faasd_py.watchdog.config import Config, format_duration, parse_bool, parse_duration
 from faasd_py.watchdog.http11 import BadRequest, canonical_key, read_request, unquote_path
+from tests.infra import free_port
 
 PYTHON = "/usr/bin/python3.11"
 REPO = Path(__file__).resolve().parents[2]
@@ -94,16 +95,9 @@ def request(port: int, method: str = "GET", path: str = "/", body: bytes | None 
 # --- running the watchdog ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Watchdog:
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.tmp = tmp / f"wd-{self.port}"
         self.tmp.mkdir()
         self.log_path = self.tmp / "watchdog.log"
@@ -558,7 +552,7 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 @pytest.fixture
 def http_watchdog(start_watchdog: StartWatchdog, tmp_path: Path) -> Callable[..., Watchdog]:
     def start(healthy: bool = True, **env: str) -> Watchdog:
-        up = _free_port()
+        up = free_port()
         fp = script(tmp_path, "upstream.py", UPSTREAM) + f" {up}"
         return start_watchdog(healthy=healthy, mode="http", fprocess=fp, upstream_url=f"http://127.0.0.1:{up}", **env)
 
@@ -708,7 +702,7 @@ def test_as_pid_1_orphans_of_the_fprocess_are_reaped(tmp_path: Path) -> None:
         subprocess.Popen(["sleep", "0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print("left a child behind")
     """)
-    port = _free_port()
+    port = free_port()
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path), "port": str(port),
            "bind_address": "127.0.0.1", "healthcheck_interval": "0", "fprocess": fp}
     proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", PYTHON, "-S", "-m",
