@@ -237,15 +237,6 @@ class LogCollector:
         if self._writer is not None:
             self._writer.send(target.headers["stderr"], message.encode())
 
-    def gc(self, keep: set[tuple[str, str]]) -> None:
-        """Remove FIFOs of instances that no longer exist (e.g. after a crash of the daemon)."""
-        if not self._dir.is_dir():
-            return
-        for ns_dir in self._dir.iterdir():
-            for path in ns_dir.glob("*.std*"):
-                if (ns_dir.name, path.name.rsplit(".", 1)[0]) not in keep:
-                    self.detach(ns_dir.name, path.name.rsplit(".", 1)[0])
-
     async def aclose(self, grace: float) -> None:
         """close(), but give journald up to ``grace`` seconds for the entries still waiting."""
         for key in list(self._pipes):

@@ -228,17 +228,6 @@ class LogHelper:
         self._send({"cmd": "note", "ns": target.namespace, "function": target.function,
                     "instance": target.instance, "message": message}, note=True)
 
-    def gc(self, keep: set[tuple[str, str]]) -> None:
-        """Detach and remove the FIFOs of instances that no longer exist."""
-        for key in [k for k in self._targets if k not in keep]:
-            self.detach(*key)
-        if self._dir.is_dir():
-            for ns_dir in self._dir.iterdir():
-                for path in ns_dir.glob("*.std*"):
-                    if (ns_dir.name, path.name.rsplit(".", 1)[0]) not in keep:
-                        with contextlib.suppress(FileNotFoundError):
-                            path.unlink()
-
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Let the helper finish: it reads what the pipes hold, then exits. The FIFOs stay for the
         next daemon. Blocks until then (at most ``timeout``): this is for shutdown only."""
