@@ -637,8 +637,10 @@ class FunctionManager:
         await self._network.gc(live)
         for ns in namespaces:
             await self._remove_orphan_snapshots(ns)
-        self._secrets.gc({(i.namespace, i.id) for fn in self._table.values() for i in fn.instances}
-                         | {(i.namespace, i.id) for i in stale})
+        known = {(i.namespace, i.id) for fn in self._table.values() for i in fn.instances}
+        known |= {(i.namespace, i.id) for i in stale}
+        self._secrets.gc(known)
+        self._launcher.remove_stale_logs(namespaces, known)
         self._restored = True
         log.info("restored %d function(s) in %d namespace(s)", len(self._table), len(namespaces))
 

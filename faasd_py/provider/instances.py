@@ -16,7 +16,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -300,6 +300,11 @@ class Launcher:
         instance.ip = attachment.ip
         await self._logs.attach(LogTarget(instance.namespace, instance.function, instance.id))
         return True
+
+    def remove_stale_logs(self, namespaces: Iterable[str], keep: Collection[tuple[str, str]]) -> None:
+        """Delete the log FIFOs of instances removed while no daemon ran (see remove_stale_fifos)."""
+        for path in self._logs.remove_stale(namespaces, keep):
+            log.info("removed the log FIFO of a gone instance: %s", path)
 
     async def wait_ready(self, instance: Instance, timeout: float | None = None) -> bool:
         ok = await wait_ready(

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import os
 import stat
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -67,6 +68,8 @@ class LogSink(Protocol):
 
     def note(self, target: LogTarget, message: str) -> None: ...
 
+    def remove_stale(self, namespaces: Iterable[str], keep: Collection[tuple[str, str]]) -> list[Path]: ...
+
     def close(self) -> None: ...
 
 
@@ -87,6 +90,30 @@ def make_fifos(paths: tuple[Path, Path]) -> None:
         except FileNotFoundError:
             pass
         os.mkfifo(path, 0o600)
+
+
+def remove_stale_fifos(fifo_dir: Path, namespaces: Iterable[str], keep: Collection[tuple[str, str]]) -> list[Path]:
+    """Delete the FIFOs in these namespaces whose (namespace, instance) is not in ``keep``.
+
+    A function removed while no daemon ran leaves its FIFOs behind, and /run is a tmpfs that only
+    a reboot empties; at start the daemon knows every instance that may still write, so the rest
+    can go. Only ``*.stdout``/``*.stderr`` FIFOs are touched; returns what was removed.
+    """
+    removed: list[Path] = []
+    for ns in namespaces:
+        try:
+            entries = list(os.scandir(fifo_dir / ns))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            instance, _, stream = entry.name.rpartition(".")
+            if stream not in ("stdout", "stderr") or (ns, instance) in keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISFIFO(entry.stat(follow_symlinks=False).st_mode):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 def cut(buf: bytes | bytearray, start: int, limit: int = MAX_LINE) -> int:
@@ -230,6 +257,10 @@ class LogCollector:
             for path in self.paths(namespace, instance):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+    def remove_stale(self, namespaces: Iterable[str], keep: Collection[tuple[str, str]]) -> list[Path]:
+        """remove_stale_fifos, sparing every instance this collector drains."""
+        return remove_stale_fifos(self._dir, namespaces, {*keep, *self._pipes})
 
     def note(self, target: LogTarget, message: str) -> None:
         """One line from the daemon itself in the function's log stream (stderr, with its fields),

@@ -45,11 +45,12 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 from faasd_py.provider.journal_writer import JOURNAL_SOCKET
-from faasd_py.provider.log_collector import LogCollector, LogTarget, fifo_paths, make_fifos
+from faasd_py.provider.log_collector import LogCollector, LogTarget, fifo_paths, make_fifos, remove_stale_fifos
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,10 @@ class LogHelper:
             for path in self.paths(namespace, instance):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+    def remove_stale(self, namespaces: Iterable[str], keep: Collection[tuple[str, str]]) -> list[Path]:
+        """remove_stale_fifos, sparing every instance the helper drains."""
+        return remove_stale_fifos(self._dir, namespaces, {*keep, *self._targets})
 
     def note(self, target: LogTarget, message: str) -> None:
         """One line from the daemon in the function's log stream (see LogCollector.note)."""

@@ -254,6 +254,9 @@ class Inspector:
         found += [f"netns {n}" for n in self.netns() if n.startswith(ns_prefix) and pat.match(n[len(ns_prefix):])]
         found += [f"ipam {ip} ({owner})" for ip, owner in self.ipam().items()
                   if owner.startswith(ns_prefix) and pat.match(owner[len(ns_prefix):])]
+        fifo_dir = self.settings.run_dir / "fifo" / namespace
+        found += [f"fifo {p.name}" for p in (fifo_dir.iterdir() if fifo_dir.is_dir() else [])
+                  if pat.match(p.name.rpartition(".")[0])]
         return found
 
     async def settled(self, name: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 20.0) -> list[str]:

@@ -3,6 +3,8 @@
 * daemon stop/start (SIGTERM, upgrade): the running task is adopted, not restarted;
 * reboot (every task gone, /run/netns wiped): restore() starts the function again before it
   returns, on a fresh IP, and the old IP is released;
+* a function removed behind the daemon's back while it was down: nothing of it stays after the
+  next start (IP, netns, snapshot, log FIFOs);
 * a crash of the task: it is restarted after a backoff and serves again, one IP per instance;
 * a containerd GC while an instance is being created does not take its rootfs away.
 """
@@ -95,6 +97,36 @@ async def test_after_a_reboot_restore_brings_the_function_back_before_it_returns
     new_ip = _ip_of(inspect, c.id)
     assert new_ip != old_ip
     assert old_ip not in inspect.ipam()
+    await _one_ip_per_instance(daemon, inspect)
+
+
+async def test_a_function_removed_while_the_daemon_was_down_leaves_nothing(
+    daemon: DaemonHandle, images: PushedImages, inspect: Inspector
+) -> None:
+    """Someone deletes a function's task and container behind the daemon's back (ctr, a purge by
+    hand): the next start releases its IP, netns and log FIFOs, and keeps the others'."""
+    await daemon.deploy_ok(function_body("gone-offline", images["echo"]))
+    c = await inspect.instance("gone-offline")
+    keeper = await inspect.instance("keeper")
+    fifo_dir = daemon.settings.run_dir / "fifo" / DEFAULT_NAMESPACE
+    assert {f"{c.id}.stdout", f"{c.id}.stderr"} <= {p.name for p in fifo_dir.iterdir()}
+
+    await daemon.stop()
+    client = inspect.client
+    await client.kill_task(DEFAULT_NAMESPACE, c.id, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while (t := await client.get_task(DEFAULT_NAMESPACE, c.id)) and t.state is not TaskState.STOPPED:
+        assert time.monotonic() < deadline, "the task did not stop"
+        await asyncio.sleep(0.02)
+    await client.delete_task(DEFAULT_NAMESPACE, c.id)
+    await client.delete_container(DEFAULT_NAMESPACE, c.id)
+
+    await daemon.start()
+    assert [f["name"] for f in await daemon.list()] == ["keeper"]
+    assert await inspect.settled("gone-offline") == []  # snapshot, netns, IPAM entry and FIFOs
+    assert {p.name for p in fifo_dir.iterdir()} == {f"{keeper.id}.stdout", f"{keeper.id}.stderr"}
+    status, out = await daemon.invoke("keeper", b"still logged")
+    assert (status, out) == (200, b"still logged")
     await _one_ip_per_instance(daemon, inspect)
 
 

@@ -189,6 +189,26 @@ async def test_a_fifo_detached_before_the_helper_got_to_it_is_not_created_again(
     assert not any(map(os.path.exists, helper.paths(OTHER.namespace, OTHER.instance)))
 
 
+async def test_remove_stale_spares_what_is_attached_kept_or_elsewhere(helper: LogHelper, tmp_path: Path) -> None:
+    """At start the daemon removes the FIFOs of instances that went while it was down; what it
+    drains, what it names as known, other namespaces and non-FIFO files stay."""
+    attached = await helper.attach(TARGET)
+    known = helper.paths("team-a", "fn3-11111111")
+    gone = helper.paths("team-a", "fn4-22222222")
+    elsewhere = helper.paths("team-b", "fn5-33333333")
+    for paths in (known, gone, elsewhere):
+        make_fifos(paths)
+    stray = tmp_path / "fifo" / "team-a" / "notes.txt"
+    stray.write_text("not ours to remove")
+    removed = helper.remove_stale(["team-a", "missing-ns"], {("team-a", "fn3-11111111")})
+    assert sorted(removed) == sorted(gone)
+    assert not any(map(os.path.exists, gone))
+    assert all(stat.S_ISFIFO(os.stat(p).st_mode) for p in (*map(Path, attached), *known, *elsewhere))
+    assert stray.exists()
+    assert sorted(helper.remove_stale(["team-a"], set())) == sorted(known)  # the attached one still stays
+    assert all(map(os.path.exists, attached))
+
+
 async def test_close_drains_what_the_pipes_hold_and_keeps_the_fifos(tmp_path: Path, journald: FakeJournald) -> None:
     h = LogHelper(tmp_path / "fifo", journal_socket=journald.path)
     paths = await h.attach(TARGET)

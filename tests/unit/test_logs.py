@@ -370,3 +370,13 @@ async def test_lines_lost_while_journald_was_away_are_reported_before_the_next_o
         (b"stderr", DROP_NOTICE.format(count=1).encode()),
         (b"stdout", b"back"),
     ]
+
+
+async def test_the_in_loop_collector_also_spares_what_it_drains(collector: LogCollector) -> None:
+    drained = await collector.attach(LogTarget("team-a", "fn1", "fn1-0123abcd"))
+    gone = collector.paths("team-a", "fn2-89abcdef")
+    (gone[0].parent).mkdir(parents=True, exist_ok=True)
+    for path in gone:
+        os.mkfifo(path)
+    assert sorted(collector.remove_stale(["team-a"], set())) == sorted(gone)
+    assert all(map(os.path.exists, drained)) and not any(map(os.path.exists, gone))
