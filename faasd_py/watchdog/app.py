@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from .config import Config
 from .exchange import Exchange
+from .metrics import Metrics
 
 CLASSIC_METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))
 TEXT = "text/plain; charset=utf-8"
@@ -27,23 +29,34 @@ class Backend:
 
 
 class App:
-    __slots__ = ("_inflight", "_lock", "backend", "cfg")
+    __slots__ = ("_inflight", "_lock", "backend", "cfg", "metrics")
 
     def __init__(self, cfg: Config, backend: Backend) -> None:
         self.cfg = cfg
         self.backend = backend
+        self.metrics = Metrics()
         self._lock = threading.Lock()
         self._inflight = 0
 
     def handle(self, ex: Exchange) -> None:
         req = ex.req
-        cfg = self.cfg
         if req.path == "/_/health":
             self._health(ex)
             return
-        if req.path == "/_/ready" and cfg.mode != "classic":
+        if req.path == "/_/ready" and self.cfg.mode != "classic":
             self._ready(ex)
             return
+        # everything else is the function's, counted like the Go watchdogs' instrumented "/" route
+        # (their 405 and 429 answers included); the duration runs from the end of the request head
+        self.metrics.started()
+        try:
+            self._function(ex)
+        finally:
+            self.metrics.finished(req.method, ex.status, time.monotonic() - ex.started)
+
+    def _function(self, ex: Exchange) -> None:
+        req = ex.req
+        cfg = self.cfg
         if cfg.mode == "classic" and req.method not in CLASSIC_METHODS:
             ex.send(405, [])
             return

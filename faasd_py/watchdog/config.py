@@ -104,6 +104,7 @@ class Config:
         "healthcheck_interval",
         "lock_path",
         "max_inflight",
+        "metrics_port",
         "mode",
         "port",
         "prefix_logs",
@@ -118,6 +119,7 @@ class Config:
         self.mode = (env.get("mode") or "classic").strip().lower()
         self.fprocess = env.get("fprocess") or env.get("function_process") or ""
         self.port = _int(env.get("port"), 8080)
+        self.metrics_port = _int(env.get("metrics_port"), 8081)  # fixed in the Go watchdogs; ours for tests
         self.bind_address = env.get("bind_address", "")
         self.read_timeout = _duration(env.get("read_timeout"), 30.0)
         self.write_timeout = _duration(env.get("write_timeout"), 30.0)

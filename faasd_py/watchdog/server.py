@@ -16,6 +16,7 @@ from .config import MODES, Config, format_duration
 from .exchange import Exchange
 from .http11 import BadRequest, WriteDeadlineExceeded, read_request, response_head
 from .logs import log
+from .metrics import Metrics, MetricsServer
 from .reaper import start_reaper
 
 VERSION = "faasd-py-watchdog 0.1.0"
@@ -182,6 +183,20 @@ def remove_lock(path: str) -> None:
         os.unlink(path)
 
 
+def start_metrics(cfg: Config, metrics: Metrics) -> MetricsServer | None:
+    """The metrics listener on ``metrics_port`` (same address as the function's). A taken port costs
+    the metrics, not the function (the classic watchdog panics there)."""
+    try:
+        listener = _listen(cfg.bind_address, cfg.metrics_port)
+    except OSError as exc:
+        log(f"Metrics disabled: cannot listen on port {cfg.metrics_port}: {exc.strerror or exc}")
+        return None
+    srv = MetricsServer(listener, metrics)
+    srv.serve_in_background()
+    log(f"Metrics listening on port: {srv.port}")
+    return srv
+
+
 def _wait_for_signal() -> int:
     """Block the main thread until SIGTERM/SIGINT; the handler only records, the pipe wakes us."""
     r, w = os.pipe()
@@ -226,6 +241,7 @@ def main() -> None:
     server.serve_in_background()
     start_reaper()
     log(f"Listening on port: {server.port}")
+    start_metrics(cfg, app.metrics)
     app.wait_ready()
     if not cfg.suppress_lock:
         log(f"Writing lock-file to: {cfg.lock_path}")

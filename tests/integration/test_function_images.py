@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.images import (
     IMAGE_NAMES,
@@ -256,6 +257,29 @@ def test_watchdog_images_serve_under_containerd(ctr: Ctr, images: TestImages, sa
         assert uids == {"12000"}  # the image's non-root user
     log = (ctr.logs / f"{cid}.log").read_text()
     assert "Listening on port: 8080" in log and "Writing lock-file to: /tmp/.lock" in log
+
+
+def test_watchdog_metrics_on_8081_under_containerd(ctr: Ctr, images: TestImages, sandbox: Sandbox) -> None:
+    """The Go watchdogs' Prometheus port, reached like :8080 at the function's own address."""
+    with task(ctr, images.get("echo"), sandbox) as (cid, _):
+        wait_http(f"http://{sandbox.ip}:8080/_/health")
+        assert http("POST", f"http://{sandbox.ip}:8080/x", b"ping").status == 200
+        assert http("GET", f"http://{sandbox.ip}:8080/").status == 200
+        deadline = time.monotonic() + 10
+        while True:  # a call is recorded as its handler returns, just after the reply went out
+            reply = http("GET", f"http://{sandbox.ip}:8081/metrics")
+            assert reply.status == 200
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for fam in text_string_to_metric_families(reply.body.decode()) for s in fam.samples}
+            if samples[("http_requests_in_flight", ())] == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert reply.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert samples[("http_requests_total", (("code", "200"), ("method", "post")))] == 1
+    assert samples[("http_requests_total", (("code", "200"), ("method", "get")))] == 1  # /_/health not counted
+    assert samples[("http_request_duration_seconds_count", (("code", "200"), ("method", "post")))] == 1
+    assert samples[("http_requests_in_flight", ())] == 0
+    assert "Metrics listening on port: 8081" in (ctr.logs / f"{cid}.log").read_text()
 
 
 def test_nohealth_and_crash_under_containerd(ctr: Ctr, images: TestImages, sandbox: Sandbox) -> None:

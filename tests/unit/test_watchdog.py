@@ -102,7 +102,8 @@ class Watchdog:
         self.tmp.mkdir()
         self.log_path = self.tmp / "watchdog.log"
         full = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "TMPDIR": str(self.tmp), "port": str(self.port),
-                "bind_address": "127.0.0.1", "healthcheck_interval": "0", **env}
+                "bind_address": "127.0.0.1", "healthcheck_interval": "0", "metrics_port": str(free_port()), **env}
+        self.metrics_port = int(full["metrics_port"])  # never the fixed 8081: tests run side by side
         self.started = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([PYTHON, "-S", "-m", "faasd_py.watchdog"], env=full, stdout=log, stderr=log,
