@@ -29,7 +29,7 @@ class RegistrySettings:
     mirrors: dict[str, list[str]] = field(default_factory=dict)
     # hosts (host or host:port) reached over plain HTTP; loopback is always insecure
     insecure: list[str] = field(default_factory=list)
-    # a docker config.json with "auths" (basic or identity token); empty = <state_dir>/.docker/config.json
+    # a docker config.json: "auths", "credsStore", "credHelpers"; empty = <state_dir>/.docker/config.json
     docker_config: str = ""
     pull_policy: str = "Always"  # or IfNotPresent
 

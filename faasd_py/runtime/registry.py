@@ -344,7 +344,7 @@ class RegistryClient:
         target = yarl.URL(url or ep.url + path, encoded=True)
         for attempt in (1, 2):
             sent = dict(headers or {})
-            auth = self._auth_header(ep, scope)
+            auth = await self._auth_header(ep, scope)
             if auth:
                 sent["Authorization"] = auth
             try:
@@ -357,13 +357,15 @@ class RegistryClient:
             resp.release()
             challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             if resp.status == 403 or attempt == 2 or challenge is None:
-                raise self._denied(ep, repo, push, resp.status)
+                raise await self._denied(ep, repo, push, resp.status)
             self._tokens.drop(ep.host, scope)
             await self._authenticate(ep, scope, challenge)
         raise AssertionError("unreachable")
 
-    def _denied(self, ep: Endpoint, repo: str, push: bool, status: int) -> ImageError:
-        creds = self._config.lookup(ep.host)
+    async def _denied(self, ep: Endpoint, repo: str, push: bool, status: int) -> ImageError:
+        creds = await self._config.lookup(ep.host)
+        if creds:
+            self._config.forget(ep.host)  # a helper may have a fresher answer next time
         action = "push to" if push else "pull"
         if creds is None and not push:
             # Docker Hub answers 401 for repositories that do not exist, so say both
@@ -372,17 +374,17 @@ class RegistryClient:
         who = "the configured credentials" if creds else "anonymous access"
         return RegistryAuthError(f"{ep}: {action} {repo} denied for {who} (HTTP {status})")
 
-    def _auth_header(self, ep: Endpoint, scope: str) -> str | None:
+    async def _auth_header(self, ep: Endpoint, scope: str) -> str | None:
         token = self._tokens.get(ep.host, scope)
         if token:
             return f"Bearer {token}"
         if ep.host in self._basic:
-            creds = self._config.lookup(ep.host)
+            creds = await self._config.lookup(ep.host)
             return creds.basic_header() if creds else None
         return None
 
     async def _authenticate(self, ep: Endpoint, scope: str, challenge: Challenge) -> None:
-        creds = self._config.lookup(ep.host)
+        creds = await self._config.lookup(ep.host)
         if challenge.scheme == "basic":
             if creds is None or creds.basic_header() is None:
                 raise RegistryAuthError(f"{ep} needs a username and password; none are configured "
@@ -412,6 +414,7 @@ class RegistryClient:
                                               headers={"Authorization": basic} if basic else None)
             async with resp:
                 if resp.status in (401, 403):
+                    self._config.forget(ep.host)
                     who = "the configured credentials" if creds else "anonymous access"
                     raise RegistryAuthError(f"{ep}: token service {realm_url.host} rejected {who} "
                                             f"(HTTP {resp.status})")

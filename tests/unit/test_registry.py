@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from faasd_py.runtime.registry import Endpoint, RegistryClient, endpoints, is_in
 from faasd_py.runtime.registry_auth import Credentials, auth_key, parse_challenge, parse_docker_config
 from tests.fake_registry import FakeRegistry
 from tests.oci_layout import BuiltImage, build_image, digest_of, index_for, write_layout
+from tests.unit.test_registry_credhelpers import calls, write_helper
 
 # --- pure rules ---------------------------------------------------------------------------------
 
@@ -246,6 +249,59 @@ async def test_basic_auth(fake: FakeRegistry, tmp_path: Path) -> None:
             await wrong.resolve(ref)
     finally:
         await wrong.close()
+
+
+async def test_credentials_from_a_helper_authenticate_the_pull(fake: FakeRegistry, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """credHelpers for this host (credsStore names a helper that is not installed: must not be used)."""
+    fake.auth, fake.users, fake.private = "bearer", {"alice": "s3cret"}, {"team/private"}
+    image = build_image([{"a": b"a"}])
+    publish(fake, "team/private", "1", image)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    helper = write_helper(bindir, "fake", {fake.host: {"ServerURL": fake.host, "Username": "alice",
+                                                       "Secret": "s3cret"}})
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"credsStore": "absent", "credHelpers": {fake.host: "fake"}, "auths": {}}))
+    reg = RegistryClient(RegistrySettings(), config)
+    try:
+        ref = parse_reference(f"{fake.host}/team/private:1")
+        assert (await reg.resolve(ref))[1] == image.manifest
+        assert await reg.fetch_blob_bytes(ref, image.config_digest) == image.config
+        assert [r["user"] for r in fake.token_requests] == ["alice"]
+        assert calls(helper) == [f"[{fake.host}]"]
+    finally:
+        await reg.close()
+
+
+async def test_basic_auth_from_a_helper_runs_it_once_per_pull(fake: FakeRegistry, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.auth, fake.users = "basic", {"carol": "pw"}
+    image = build_image([{"a": b"a"}, {"b": b"b"}])
+    publish(fake, "team/app", "1", image)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    helper = write_helper(bindir, "fake", {fake.host: {"Username": "carol", "Secret": "pw"}})
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"credsStore": "fake"}))
+    reg = RegistryClient(RegistrySettings(), config)
+    try:
+        ref = parse_reference(f"{fake.host}/team/app:1")
+        await reg.resolve(ref)
+        blobs = [image.config_digest, *map(digest_of, image.layers)]
+        assert await asyncio.gather(*(reg.fetch_blob_bytes(ref, d) for d in blobs)) == [image.config, *image.layers]
+        assert len(calls(helper)) == 1  # every request sends basic auth, the answer is shared
+    finally:
+        await reg.close()
+    write_helper(bindir, "fake", {fake.host: {"Username": "carol", "Secret": "wrong"}})
+    reg = RegistryClient(RegistrySettings(), config)
+    try:
+        with pytest.raises(RegistryAuthError, match="denied for the configured credentials"):
+            await reg.resolve(parse_reference(f"{fake.host}/team/app:1"))
+    finally:
+        await reg.close()
 
 
 async def test_mirrors_in_order_then_upstream(fake: FakeRegistry, tmp_path: Path) -> None:
