@@ -87,10 +87,22 @@ def parse_quantity(text: str, what: str) -> Decimal:
     raise InvalidRequest(f"invalid {what} {text!r}: unknown suffix {suffix!r}")
 
 
+# Bounds that keep a valid-looking quantity from failing later, inside runc (a 500 after the
+# container was half made): its cgroup fields are int64, and the kernel caps the CFS quota.
+MAX_MEMORY_BYTES = 2**63 - 1
+MIN_MEMORY_LIMIT = 6 * 2**20  # as Docker: below it runc cannot start the container's first process
+MAX_CPU_MILLIS = 10**9  # a million cores; the kernel refuses quotas above ~1.7e8 cores
+# execve's limits: one "KEY=value" string below MAX_ARG_STRLEN (128 KiB); all of them well within ARG_MAX
+MAX_ENV_ENTRY = 128 * 1024 - 1
+MAX_ENV_TOTAL = 1024 * 1024
+
+
 def memory_bytes(text: str) -> int:
     value = parse_quantity(text, "memory")
     if value <= 0:
         raise InvalidRequest(f"invalid memory {text!r}: must be positive")
+    if value > MAX_MEMORY_BYTES:
+        raise InvalidRequest(f"invalid memory {text!r}: larger than {MAX_MEMORY_BYTES} bytes")
     return int(value)
 
 
@@ -99,7 +111,21 @@ def cpu_millis(text: str) -> int:
     value = parse_quantity(text, "cpu") * 1000
     if value < 1:
         raise InvalidRequest(f"invalid cpu {text!r}: must be at least 1m")
+    if value > MAX_CPU_MILLIS:
+        raise InvalidRequest(f"invalid cpu {text!r}: more than {MAX_CPU_MILLIS // 1000} cores")
     return int(value)
+
+
+def _check_env_size(env: dict[str, str]) -> None:
+    """The process's environment must fit execve, or the task fails to start (a 500, not a 400)."""
+    total = 0
+    for key, value in env.items():
+        size = len(key.encode()) + 1 + len(value.encode())
+        if size > MAX_ENV_ENTRY:
+            raise InvalidRequest(f"environment variable {key!r} is too long: {size} bytes, at most {MAX_ENV_ENTRY}")
+        total += size + 1
+    if total > MAX_ENV_TOTAL:
+        raise InvalidRequest(f"environment variables too large: {total} bytes, at most {MAX_ENV_TOTAL}")
 
 
 # --- helpers for lenient JSON decoding ----------------------------------------------------------
@@ -164,8 +190,8 @@ class FunctionResources:
             return None
         data = _object(raw, what)
         res = cls(memory=_opt_str(data, "memory"), cpu=_opt_str(data, "cpu"))
-        if res.memory:
-            memory_bytes(res.memory)
+        if res.memory and memory_bytes(res.memory) < MIN_MEMORY_LIMIT and what == "limits":
+            raise InvalidRequest(f"invalid memory limit {res.memory!r}: the minimum is 6Mi")
         if res.cpu:
             cpu_millis(res.cpu)
         return res if (res.memory or res.cpu) else None
@@ -207,6 +233,8 @@ class FunctionDeployment:
         for key in env_vars:
             if not _ENV_KEY.match(key):
                 raise InvalidRequest(f"invalid environment variable name {key!r}")
+        env_process = _opt_str(data, "envProcess")
+        _check_env_size({**env_vars, "fprocess": env_process})
         secrets = _str_list(data, "secrets")
         for s in secrets:
             validate_secret_name(s)
@@ -217,7 +245,7 @@ class FunctionDeployment:
             service=service,
             image=image.strip(),
             namespace=validate_namespace(data.get("namespace")),
-            env_process=_opt_str(data, "envProcess"),
+            env_process=env_process,
             env_vars=env_vars,
             constraints=_str_list(data, "constraints"),
             secrets=secrets,

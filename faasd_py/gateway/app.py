@@ -138,7 +138,11 @@ async def serve(app: web.Application, host: str, port: int, *, also: Sequence[st
     ``also``: more addresses for the same port, bound even before they exist (IP_FREEBIND).
     """
     grace = app[SETTINGS].timeouts.upstream
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+    # auto_decompress=False: request bodies stay as sent, as in the Go gateway. aiohttp would otherwise
+    # inflate a gzip body that the proxy then forwards, cut at the compressed Content-Length, still
+    # labelled Content-Encoding: gzip (a corrupted body), and a bad gzip body would be a 500.
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None,
+                           auto_decompress=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -58,17 +58,22 @@ async def read_json(request: web.Request) -> Any:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body larger than {limit} bytes")
+            chunks.append(chunk)
+    except web.RequestPayloadError as exc:  # e.g. a body that does not match its Content-Encoding
+        raise InvalidRequest("cannot read the request body: it does not match its Content-Encoding") from exc
     body = b"".join(chunks)
     if not body.strip():
         raise InvalidRequest("request body is empty, expected JSON")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:  # [[[[... deeper than the parser's stack
+        raise InvalidRequest("invalid JSON: nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
         raise InvalidRequest(f"invalid JSON: {exc}") from exc
 
 

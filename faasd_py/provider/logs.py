@@ -21,6 +21,7 @@ from faasd_py.types import LogMessage
 
 # only what a LogMessage needs (journald adds a dozen trusted fields per entry); the timestamp comes anyway
 OUTPUT_FIELDS = "MESSAGE,OPENFAAS_NAME,OPENFAAS_NAMESPACE,OPENFAAS_INSTANCE"
+JOURNALCTL_MAX_LINES = 2**31 - 1  # journalctl parses --lines as a C int
 
 
 def journalctl_args(
@@ -29,10 +30,12 @@ def journalctl_args(
     # --all: without it journalctl prints fields over 4 KiB as null in JSON (our entries go to 64 KiB)
     args = ["journalctl", "--no-pager", "--output=json", "--all", "--quiet", f"--output-fields={OUTPUT_FIELDS}"]
     if since is not None:
-        # seconds since the epoch: exact, and free of journalctl's local-time parsing
-        args.append(f"--since=@{since.timestamp():.6f}")
-    # faas-cli sends tail=-1 for "everything"; journalctl's -f alone would show only 10 lines
-    args.append(f"--lines={tail}" if tail >= 0 else "--lines=all")
+        # seconds since the epoch: exact, and free of journalctl's local-time parsing; it refuses
+        # negative ones (faas-cli's --since-time 0001-01-01... gave an empty 200), and nothing is older anyway
+        args.append(f"--since=@{max(since.timestamp(), 0.0):.6f}")
+    # faas-cli sends tail=-1 for "everything"; journalctl's -f alone would show only 10 lines.
+    # journalctl refuses counts over INT_MAX (and the client would get an empty 200): that many is all.
+    args.append(f"--lines={tail}" if 0 <= tail < JOURNALCTL_MAX_LINES else "--lines=all")
     if follow:
         args.append("--follow")
     args += [f"OPENFAAS_NAMESPACE={namespace}", f"OPENFAAS_NAME={name}"]

@@ -125,9 +125,17 @@ class NamespaceService:
 _ANNOTATION_PREFIX = "com.openfaas.annotations."
 
 
+# containerd refuses a label whose key and value together exceed this (an INVALID_ARGUMENT that was a 500).
+MAX_LABEL_BYTES = 4096
+
+
 def _to_labels(ns: FunctionNamespace) -> dict[str, str]:
     labels = dict(ns.labels)
     labels.update({_ANNOTATION_PREFIX + k: v for k, v in ns.annotations.items()})
+    for k, v in labels.items():
+        if len(k.encode()) + len(v.encode()) > MAX_LABEL_BYTES:
+            raise InvalidRequest(f"label or annotation {k!r} is too long: key and value may have "
+                                 f"{MAX_LABEL_BYTES} bytes together")
     return labels
 
 

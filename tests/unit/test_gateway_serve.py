@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from faasd_py.gateway.app import build_app, serve
 from faasd_py.gateway.auth import Credentials
@@ -49,3 +51,45 @@ async def test_graceful_shutdown_lets_in_flight_invocations_finish(tmp_path: Pat
             assert await resp.text() == "slow done"
             await asyncio.wait_for(stopping, 5)
         assert len(provider.fake_functions.released) == 1
+
+
+async def test_request_bodies_are_forwarded_as_sent_not_inflated(tmp_path: Path) -> None:
+    """A gzip body reached the function inflated, cut at the compressed Content-Length and still labelled
+    gzip (aiohttp's default auto_decompress); and a body that was not gzip at all was a 500."""
+    import gzip
+
+    settings = make_settings(tmp_path)
+    provider = FakeProvider()
+    seen: list[tuple[str | None, bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.headers.get("Content-Encoding"), await request.read()))
+        return web.Response(text="ok")
+
+    watchdog = web.Application()
+    watchdog.router.add_route("*", "/{tail:.*}", record)
+    # the watchdog must not inflate either, or it would hide what the gateway sent
+    server = TestServer(watchdog, host="127.0.0.1")
+    await server.start_server(auto_decompress=False)
+    from faasd_py.provider.contract import Endpoint
+    from faasd_py.types import FunctionDeployment
+
+    assert server.port is not None
+    provider.fake_functions.add(FunctionDeployment(service="fn1", image="x"),
+                                Endpoint(host="127.0.0.1", port=server.port, instance="i"))
+    port = free_port()
+    runner = await serve(build_app(provider, settings, Credentials.load(settings)), "127.0.0.1", port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as client:
+            for payload in (gzip.compress(b"hello world " * 10), b"not gzip at all"):
+                async with client.post(f"{base}/function/fn1", data=payload,
+                                       headers={"Content-Encoding": "gzip"}) as resp:
+                    assert resp.status == 200
+                assert seen[-1] == ("gzip", payload)
+            async with client.post(f"{base}/system/functions", data=b"not gzip",
+                                   headers={**AUTH, "Content-Encoding": "gzip"}) as resp:
+                assert resp.status == 400
+    finally:
+        await runner.cleanup()
+        await server.close()

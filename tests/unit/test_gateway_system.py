@@ -241,6 +241,29 @@ async def test_invalid_json_is_400_with_the_parser_message(gw: Gateway) -> None:
     assert wrong_shape.status == 400
 
 
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        (b"[" * 100_000, "/system/functions"),  # deeper than the parser's stack: was RecursionError, a 500
+        (b'{"service":"x","image":"i","n":' + b"9" * 5000 + b"}", "/system/secrets"),  # int over 4300 digits
+        (b'{"serviceName":"fn1","replicas":' + b"1" * 5000 + b"}", "/system/scale-function/fn1"),
+        (b"[" * 100_000, "/system/namespace/"),
+    ],
+)
+async def test_pathological_json_is_400_not_500(gw: Gateway, body: bytes, path: str) -> None:
+    resp = await gw.client.post(path, data=body, headers=JSON)
+    assert resp.status == 400
+    assert (await resp.text()).startswith("invalid JSON:")
+
+
+async def test_a_body_that_does_not_match_its_content_encoding_is_400(gw: Gateway) -> None:
+    """The test server inflates bodies (the daemon's serve() does not): a bad gzip stream was a 500."""
+    resp = await gw.client.post("/system/functions", data=b"not gzip",
+                                headers={**JSON, "Content-Encoding": "gzip"})
+    assert resp.status == 400
+    assert (await resp.text()).startswith("cannot read the request body")
+
+
 async def test_oversized_system_body_is_413(tmp_path: Path) -> None:
     async with running_gateway(tmp_path, max_json_body=1000) as gw:
         big = {"service": "fn", "image": "x", "envVars": {"A": "x" * 2000}}

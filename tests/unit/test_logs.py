@@ -235,6 +235,13 @@ def test_journalctl_arguments() -> None:
     args = journalctl_args("fn1", "team-a", instance="fn1-1", tail=20, since=since, follow=False)
     assert "--lines=20" in args and "--follow" not in args and "OPENFAAS_INSTANCE=fn1-1" in args
     assert f"--since=@{since.timestamp():.6f}" in args
+    # journalctl exits 1 on counts over INT_MAX, which left the client an empty 200: that many lines is all
+    assert "--lines=all" in journalctl_args("fn1", "ns", instance="", tail=2**31, since=None, follow=False)
+    assert "--lines=all" in journalctl_args("fn1", "ns", instance="", tail=10**30, since=None, follow=False)
+    assert "--lines=2147483646" in journalctl_args("fn1", "ns", instance="", tail=2**31 - 2, since=None,
+                                                   follow=False)
+    ancient = datetime(1, 1, 1, tzinfo=UTC)  # journalctl refuses a negative --since=@ and printed nothing
+    assert "--since=@0.000000" in journalctl_args("fn1", "ns", instance="", tail=-1, since=ancient, follow=False)
 
 
 def test_parse_entry() -> None:

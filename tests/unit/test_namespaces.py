@@ -118,6 +118,19 @@ async def test_create_conflicts_and_label_rules() -> None:
     assert ctd.namespaces["team-a"] == OF
 
 
+async def test_labels_containerd_would_refuse_are_400_and_change_nothing() -> None:
+    """containerd refuses key+value over 4096 bytes with INVALID_ARGUMENT, which reached the client as a 500."""
+    ctd = FakeContainerd({"team-a": OF})
+    ns = service(ctd)
+    with pytest.raises(InvalidRequest, match="too long"):
+        await ns.create(FunctionNamespace("team-b", labels={**OF, "x": "y" * 4096}))
+    with pytest.raises(InvalidRequest, match="too long"):
+        await ns.update(FunctionNamespace("team-a", labels=OF, annotations={"note": "z" * 4096}))
+    assert ctd.namespaces == {"team-a": OF}
+    await ns.update(FunctionNamespace("team-a", labels={**OF, "x": "y" * 4095}))  # exactly 4096 bytes: fine
+    assert ctd.namespaces["team-a"]["x"] == "y" * 4095
+
+
 async def test_get_update_delete_of_unknown_or_foreign_namespaces_are_404(purged: list[Any]) -> None:
     ns = service(FakeContainerd({"moby": {}}))
     for name in ("nope", "moby"):

@@ -46,6 +46,16 @@ def test_defaults_and_status_json() -> None:
         {"service": "fn", "image": "alpine", "limits": {"memory": "lots"}},
         {"service": "fn", "image": "alpine", "secrets": ["../x"]},
         {"service": "fn", "image": "alpine", "readOnlyRootFilesystem": "yes"},
+        # valid-looking, but runc would fail on them after the container was made (a 500)
+        {"service": "fn", "image": "alpine", "limits": {"memory": "1e400"}},
+        {"service": "fn", "image": "alpine", "limits": {"memory": "9999999999999999999999Ei"}},
+        {"service": "fn", "image": "alpine", "limits": {"memory": "1"}},
+        {"service": "fn", "image": "alpine", "limits": {"memory": "5Mi"}},
+        {"service": "fn", "image": "alpine", "limits": {"cpu": "1e308"}},
+        {"service": "fn", "image": "alpine", "requests": {"memory": "1e400"}},
+        {"service": "fn", "image": "alpine", "envVars": {"BIG": "x" * 200_000}},
+        {"service": "fn", "image": "alpine", "envVars": {f"V{i}": "x" * 100_000 for i in range(11)}},
+        {"service": "fn", "image": "alpine", "envProcess": "x" * 200_000},
     ],
 )
 def test_invalid_deployments_are_rejected(body: object) -> None:
@@ -60,6 +70,20 @@ def test_quantities() -> None:
     assert cpu_millis("2") == 2000
     with pytest.raises(InvalidRequest):
         cpu_millis("0.0001")
+    assert memory_bytes("7Ei") == 7 * 2**60  # 8Ei is one byte too many for an int64
+    assert cpu_millis("1000000") == 10**9  # the largest: a million cores
+    for too_big in (lambda: memory_bytes("8Ei"), lambda: cpu_millis("1000001")):
+        with pytest.raises(InvalidRequest):
+            too_big()
+
+
+def test_bounds_leave_room_for_what_functions_use() -> None:
+    """Small requests, big hosts and generous env stay valid: only what runc/execve refuse is not."""
+    dep = FunctionDeployment.from_json({
+        "service": "fn", "image": "alpine", "requests": {"memory": "1Mi", "cpu": "1m"},
+        "limits": {"memory": "6Mi", "cpu": "512"}, "envVars": {"CERT": "x" * 100_000, "B": "y" * 100_000},
+    })
+    assert dep.memory_limit_bytes == 6 * 2**20 and dep.cpu_limit_millis == 512_000
 
 
 def test_secret_raw_value_wins() -> None:
