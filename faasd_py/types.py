@@ -31,8 +31,10 @@ _ENV_KEY = re.compile(r"^[^=\x00]+$")
 
 def validate_name(value: object, what: str = "function name") -> str:
     """A DNS-1123 label (<= 63 chars), as Kubernetes and OpenFaaS require for names."""
-    if not isinstance(value, str) or not value:
+    if value is None or value == "":
         raise InvalidRequest(f"{what} is required")
+    if not isinstance(value, str):
+        raise InvalidRequest(f"invalid {what}: must be a string, got {type(value).__name__} {value!r}"[:200])
     if len(value) > 63 or not _DNS1123_LABEL.match(value):
         raise InvalidRequest(
             f"invalid {what} {value!r}: must be a DNS-1123 label (lower-case letters, digits and '-', "
@@ -50,8 +52,10 @@ def validate_namespace(value: object) -> str:
 
 def validate_secret_name(value: object) -> str:
     """A DNS-1123 subdomain (what faas-cli accepts), which also rules out path traversal."""
-    if not isinstance(value, str) or not value:
+    if value is None or value == "":
         raise InvalidRequest("secret name is required")
+    if not isinstance(value, str):
+        raise InvalidRequest(f"invalid secret name: must be a string, got {type(value).__name__} {value!r}"[:200])
     if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
         raise InvalidRequest(f"invalid secret name {value!r}: must be a DNS-1123 subdomain")
     return value

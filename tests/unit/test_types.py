@@ -103,3 +103,15 @@ def test_go_durations() -> None:
     for bad in ("", "10x", "s", "1m junk"):
         with pytest.raises(InvalidRequest):
             parse_duration(bad)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"service": "fn", "image": "alpine", "namespace": 5}, "invalid namespace: must be a string, got int 5"),
+    ({"service": ["fn"], "image": "alpine"}, "invalid function name (service): must be a string, got list"),
+    ({"image": "alpine"}, "function name (service) is required"),
+    ({"service": "fn", "image": "alpine", "secrets": [7]}, "secrets must be a list of strings"),
+])
+def test_a_wrong_type_is_named_as_such(body: object, message: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        FunctionDeployment.from_json(body)
+    assert message in err.value.message
