@@ -5,7 +5,6 @@ inputs, so the same spec gives the same manifest digest on every build."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,9 @@ from faasd_py.build.layer import (
     dir_entry,
     file_entry,
     link_blob,
+    load_cached,
     put_blob,
+    remember,
     source_date_epoch,
     with_parents,
     write_layer,
@@ -220,17 +221,11 @@ def watchdog_layer(base: Base, cache_dir: Path | None = None, compression: str =
     for path, data in sources.items():
         h.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
     meta_path = cache / f"watchdog-{h.hexdigest()[:32]}.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        blob = cache / "blobs" / "sha256" / meta["digest"].split(":", 1)[1]
-        if blob.exists():
-            return Layer(meta["digest"], meta["diff_id"], meta["size"], meta["media_type"], blob)
+    layer = load_cached(meta_path)
+    if layer is not None:
+        return layer
     pycs = compile_pycs(base.python, base.python_cache_tag, sources)
     entries = [file_entry(p, data, 0o644, mtime=mtime) for p, data in {**sources, **pycs}.items()]
     layer = write_layer(with_parents(entries, mtime), cache / "blobs", compression)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
-                               "media_type": layer.media_type, "pycs": len(pycs)}))
-    os.replace(tmp, meta_path)
+    remember(meta_path, layer, pycs=len(pycs))
     return layer

@@ -227,15 +227,29 @@ def cached_layer(entries: Sequence[Entry], cache_dir: Path, kind: str, compressi
             st = os.stat(e.source)
             h.update(f"{e.source}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}\n".encode())
     meta_path = cache_dir / f"{kind}-{h.hexdigest()[:32]}.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        blob = cache_dir / "blobs" / "sha256" / meta["digest"].split(":", 1)[1]
-        if blob.exists():
-            return Layer(meta["digest"], meta["diff_id"], meta["size"], meta["media_type"], blob)
-    layer = write_layer(entries, cache_dir / "blobs", compression)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    layer = load_cached(meta_path)
+    if layer is None:
+        layer = write_layer(entries, cache_dir / "blobs", compression)
+        remember(meta_path, layer)
+    return layer
+
+
+def load_cached(meta_path: Path) -> Layer | None:
+    """The layer a cache record (``<cache>/<key>.json``) names, if its blob is still in
+    ``<cache>/blobs``; None when either is gone."""
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    blob = meta_path.parent / "blobs" / "sha256" / meta["digest"].split(":", 1)[1]
+    if not blob.exists():
+        return None
+    return Layer(meta["digest"], meta["diff_id"], meta["size"], meta["media_type"], blob)
+
+
+def remember(meta_path: Path, layer: Layer, **extra: object) -> None:
+    """Write the cache record for ``layer`` atomically (concurrent builds may race for it)."""
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
-                               "media_type": layer.media_type}))
+                               "media_type": layer.media_type, **extra}))
     os.replace(tmp, meta_path)
-    return layer

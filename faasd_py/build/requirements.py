@@ -25,6 +25,8 @@ from faasd_py.build.layer import (
     Layer,
     dir_entry,
     file_entry,
+    load_cached,
+    remember,
     source_date_epoch,
     symlink_entry,
     with_parents,
@@ -62,11 +64,8 @@ def requirements_layer(requirements: Path, base: Base, target: str, cache_dir: P
     h.update(requirements.read_bytes())
     h.update(json.dumps(sorted(extra.items())).encode())
     meta_path = cache_dir / f"requirements-{h.hexdigest()[:32]}.json"
-    if meta_path.exists() and not refresh:
-        meta = json.loads(meta_path.read_text())
-        blob = cache_dir / "blobs" / "sha256" / meta["digest"].split(":", 1)[1]
-        if blob.exists():
-            return Layer(meta["digest"], meta["diff_id"], meta["size"], meta["media_type"], blob)
+    if not refresh and (cached := load_cached(meta_path)) is not None:
+        return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pip-", dir=cache_dir) as tmp:
         site = Path(tmp) / "site"
@@ -77,10 +76,7 @@ def requirements_layer(requirements: Path, base: Base, target: str, cache_dir: P
         entries += [file_entry(p, d, 0o644, mtime=mtime) for p, d in pycs.items()]
         entries.append(workdir_entry(base, mtime))
         layer = write_layer(with_parents(entries, mtime), cache_dir / "blobs", compression)
-    tmp_meta = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp_meta.write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
-                                    "media_type": layer.media_type, "pycs": len(pycs)}))
-    os.replace(tmp_meta, meta_path)
+    remember(meta_path, layer, pycs=len(pycs))
     return layer
 
 

@@ -144,11 +144,6 @@ class DockerConfig:
         self._stamp, self._answers = (st.st_mtime, st.st_size), {}
 
 
-def parse_docker_config(body: bytes, where: str) -> dict[str, Credentials]:
-    """Only the inline ``auths`` of a config.json, by :func:`auth_key`."""
-    return load_docker_config(body, where).auths
-
-
 def load_docker_config(body: bytes, where: str) -> ConfigFile:
     try:
         data = json.loads(body or b"{}")

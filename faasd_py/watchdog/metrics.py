@@ -9,21 +9,18 @@ or ``unknown`` (a client must not be able to mint label values)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
-import time
 from _bisect import bisect_left  # what bisect.py re-exports, without its 0.1 ms import
+from collections.abc import Callable
 
 from .exchange import Exchange
-from .http11 import BadRequest, WriteDeadlineExceeded, read_request
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # prometheus.DefBuckets (client_golang) == prometheus_client's default histogram buckets
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _STANDARD = ("GET", "PUT", "HEAD", "POST", "DELETE", "CONNECT", "OPTIONS", "NOTIFY", "TRACE", "PATCH")
 _METHODS = {**{m: m.lower() for m in _STANDARD}, **{m.lower(): m.lower() for m in _STANDARD}}  # GET/get, not Get
-CONN_TIMEOUT = 2.0  # per read and per response: a scrape is one small request on a fast link
+SCRAPE_TIMEOUT = 2.0  # per read and per response: a scrape is one small request on a fast link
 
 
 class Metrics:
@@ -89,59 +86,15 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-class MetricsServer:
-    """``GET /metrics`` on its own listener, a thread per connection. It is never shut down: like the
-    Go watchdogs, metrics stay readable while the function drains after SIGTERM."""
+def metrics_handler(metrics: Metrics) -> Callable[[Exchange], None]:
+    """``GET /metrics``, for server.Server on the metrics listener."""
 
-    def __init__(self, listener: socket.socket, metrics: Metrics) -> None:
-        self.listener = listener
-        self.metrics = metrics
-        self.port: int = listener.getsockname()[1]
-        self._closed = False
-
-    def serve_in_background(self) -> None:
-        threading.Thread(target=self._accept_loop, name="metrics", daemon=True).start()
-
-    def close(self) -> None:
-        self._closed = True
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
-        self.listener.close()
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                if self._closed:
-                    return
-                time.sleep(0.05)
-                continue
-            threading.Thread(target=self._serve_conn, args=(sock,), daemon=True).start()
-
-    def _serve_conn(self, sock: socket.socket) -> None:
-        rfile = sock.makefile("rb")
-        try:
-            while True:
-                sock.settimeout(CONN_TIMEOUT)
-                req = read_request(rfile)
-                if req is None:
-                    return
-                ex = Exchange(sock, req, CONN_TIMEOUT, self._closed)
-                self._answer(ex)
-                if ex.close or not req.body.done:
-                    return
-        except (BadRequest, WriteDeadlineExceeded, OSError, ValueError):
-            return
-        finally:
-            with contextlib.suppress(OSError):
-                sock.close()
-            rfile.close()
-
-    def _answer(self, ex: Exchange) -> None:
+    def answer(ex: Exchange) -> None:
         if ex.req.path != "/metrics":
             ex.send(404, [("Content-Type", "text/plain; charset=utf-8")], b"404 page not found\n")
         elif ex.req.method not in ("GET", "HEAD"):
             ex.send(405, [("Allow", "GET, HEAD")])
         else:
-            ex.send(200, [("Content-Type", CONTENT_TYPE)], self.metrics.render())
+            ex.send(200, [("Content-Type", CONTENT_TYPE)], metrics.render())
+
+    return answer

@@ -16,7 +16,7 @@ from .config import MODES, Config, format_duration
 from .exchange import Exchange
 from .http11 import BadRequest, WriteDeadlineExceeded, read_request, response_head
 from .logs import log
-from .metrics import Metrics, MetricsServer
+from .metrics import SCRAPE_TIMEOUT, Metrics, metrics_handler
 from .reaper import start_reaper
 
 VERSION = "faasd-py-watchdog 0.1.0"
@@ -28,10 +28,11 @@ class Server:
     """Accepts connections and runs ``handler`` for each request; tracks connections so a
     shutdown can close the idle ones at once and wait for the busy ones (http.Server.Shutdown)."""
 
-    def __init__(self, cfg: Config, handler: Handler) -> None:
-        self.cfg = cfg
+    def __init__(self, listener: socket.socket, handler: Handler, read_timeout: float, write_timeout: float) -> None:
         self.handler = handler
-        self.listener = _listen(cfg.bind_address, cfg.port)
+        self.listener = listener
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
         self.port: int = self.listener.getsockname()[1]
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, bool] = {}  # socket -> busy
@@ -59,11 +60,10 @@ class Server:
             threading.Thread(target=self._serve_conn, args=(sock,), daemon=True).start()
 
     def _serve_conn(self, sock: socket.socket) -> None:
-        cfg = self.cfg
         rfile = sock.makefile("rb")
         try:
             while True:
-                sock.settimeout(cfg.read_timeout or None)
+                sock.settimeout(self.read_timeout or None)
                 try:
                     req = read_request(rfile)
                 except BadRequest:
@@ -78,7 +78,7 @@ class Server:
                 with self._lock:
                     self._conns[sock] = True
                     closing = self._closing
-                ex = Exchange(sock, req, cfg.write_timeout, closing)
+                ex = Exchange(sock, req, self.write_timeout, closing)
                 try:
                     self.handler(ex)
                     if not ex.sent_head:
@@ -183,15 +183,16 @@ def remove_lock(path: str) -> None:
         os.unlink(path)
 
 
-def start_metrics(cfg: Config, metrics: Metrics) -> MetricsServer | None:
+def start_metrics(cfg: Config, metrics: Metrics) -> Server | None:
     """The metrics listener on ``metrics_port`` (same address as the function's). A taken port costs
-    the metrics, not the function (the classic watchdog panics there)."""
+    the metrics, not the function (the classic watchdog panics there). It is never shut down: like
+    the Go watchdogs', metrics stay readable while the function drains after SIGTERM."""
     try:
         listener = _listen(cfg.bind_address, cfg.metrics_port)
     except OSError as exc:
         log(f"Metrics disabled: cannot listen on port {cfg.metrics_port}: {exc.strerror or exc}")
         return None
-    srv = MetricsServer(listener, metrics)
+    srv = Server(listener, metrics_handler(metrics), SCRAPE_TIMEOUT, SCRAPE_TIMEOUT)
     srv.serve_in_background()
     log(f"Metrics listening on port: {srv.port}")
     return srv
@@ -233,7 +234,7 @@ def main() -> None:
 
     app = build_app(cfg)
     try:
-        server = Server(cfg, app.handle)
+        server = Server(_listen(cfg.bind_address, cfg.port), app.handle, cfg.read_timeout, cfg.write_timeout)
     except OSError as exc:
         log(f"Cannot listen on port {cfg.port}: {exc}")
         app.stop()

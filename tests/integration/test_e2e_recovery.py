@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from faasd_py.runtime.client import ContainerdClient
 from faasd_py.runtime.model import TaskState
 from faasd_py.types import DEFAULT_NAMESPACE
 from tests.integration.conftest import PushedImages
@@ -40,6 +41,16 @@ async def _one_ip_per_instance(daemon: DaemonHandle, inspect: Inspector) -> None
     assert owners == expected
     assert sorted(inspect.netns()) == expected
     assert len(inspect.veths()) == len(expected)
+
+
+async def _kill_and_delete_task(client: ContainerdClient, instance: str) -> None:
+    """What a reboot or an operator's ``ctr task kill/rm`` does to a task, behind the daemon's back."""
+    await client.kill_task(DEFAULT_NAMESPACE, instance, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while (t := await client.get_task(DEFAULT_NAMESPACE, instance)) and t.state is not TaskState.STOPPED:
+        assert time.monotonic() < deadline, "the task did not stop"
+        await asyncio.sleep(0.02)
+    await client.delete_task(DEFAULT_NAMESPACE, instance)
 
 
 async def test_a_restarted_daemon_adopts_the_running_function(
@@ -77,12 +88,7 @@ async def test_after_a_reboot_restore_brings_the_function_back_before_it_returns
     await daemon.stop()
     # the reboot: every task is gone (containers and snapshots stay), and /run/netns is empty
     client = inspect.client
-    await client.kill_task(DEFAULT_NAMESPACE, c.id, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while (t := await client.get_task(DEFAULT_NAMESPACE, c.id)) and t.state is not TaskState.STOPPED:
-        assert time.monotonic() < deadline, "the task did not stop"
-        await asyncio.sleep(0.02)
-    await client.delete_task(DEFAULT_NAMESPACE, c.id)
+    await _kill_and_delete_task(client, c.id)
     delete_netns(netns)
     assert await client.get_task(DEFAULT_NAMESPACE, c.id) is None
 
@@ -113,12 +119,7 @@ async def test_a_function_removed_while_the_daemon_was_down_leaves_nothing(
 
     await daemon.stop()
     client = inspect.client
-    await client.kill_task(DEFAULT_NAMESPACE, c.id, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while (t := await client.get_task(DEFAULT_NAMESPACE, c.id)) and t.state is not TaskState.STOPPED:
-        assert time.monotonic() < deadline, "the task did not stop"
-        await asyncio.sleep(0.02)
-    await client.delete_task(DEFAULT_NAMESPACE, c.id)
+    await _kill_and_delete_task(client, c.id)
     await client.delete_container(DEFAULT_NAMESPACE, c.id)
 
     await daemon.start()

@@ -17,7 +17,7 @@ from faasd_py.errors import ImageError, ImageNotFound, RegistryAuthError
 from faasd_py.runtime import oci
 from faasd_py.runtime.reference import parse_reference
 from faasd_py.runtime.registry import Endpoint, RegistryClient, endpoints, is_insecure, is_loopback
-from faasd_py.runtime.registry_auth import Credentials, auth_key, parse_challenge, parse_docker_config
+from faasd_py.runtime.registry_auth import Credentials, auth_key, load_docker_config, parse_challenge
 from tests.fake_registry import FakeRegistry
 from tests.oci_layout import BuiltImage, build_image, digest_of, index_for, write_layout
 from tests.unit.test_registry_credhelpers import calls, write_helper
@@ -63,12 +63,12 @@ def test_docker_config_forms() -> None:
         "http://reg.lan:5000": {"identitytoken": "refresh-me"},
         "empty.io": {},
     }}).encode()
-    creds = parse_docker_config(body, "config.json")
+    creds = load_docker_config(body, "config.json").auths
     assert creds == {"docker.io": Credentials("hubuser", "hub:pass"), "ghcr.io": Credentials("gh", "pat"),
                      "reg.lan:5000": Credentials(identity_token="refresh-me")}
     assert auth_key("registry-1.docker.io") == "docker.io" and auth_key("https://GHCR.io/v2/") == "ghcr.io"
     with pytest.raises(RegistryAuthError, match="not base64"):
-        parse_docker_config(b'{"auths": {"x": {"auth": "!!"}}}', "c.json")
+        load_docker_config(b'{"auths": {"x": {"auth": "!!"}}}', "c.json")
 
 
 def test_challenge_parsing() -> None:
