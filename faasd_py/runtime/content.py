@@ -149,10 +149,13 @@ class ContentStore:
         """
         deadline = time.monotonic() + LOCK_WAIT
         delay = 0.05
+        # under the lease *before* looking: an unreferenced blob found by the look could be garbage
+        # collected before it was leased, and unpacking would then fail with "content digest not
+        # found" (seen in CI when an earlier test's deleted image had left the layer behind)
+        await lease_resource(self._channel, session, "content", desc.digest)
         while True:
             current = await self.labels(desc.digest, session)
             if current is not None:
-                await lease_resource(self._channel, session, "content", desc.digest)
                 await self.add_labels(desc.digest, labels, current, session)
                 return False
             try:

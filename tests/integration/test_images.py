@@ -331,6 +331,46 @@ async def test_content_write_waits_for_a_locked_ingest(channel: grpc.aio.Channel
     await stub.Delete(content_pb2.DeleteContentRequest(digest=desc.digest), metadata=MD)
 
 
+async def test_a_leftover_layer_is_leased_before_it_is_used(
+    service: ImageService, registry: RegistryClient, proxy: CountingProxy, channel: grpc.aio.Channel,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A layer blob left unreferenced (by a deleted image) is reused, not downloaded again; the
+    garbage collector running right after the pull found it must not take it from under the unpack.
+    """
+    layer_files = {"leftover.txt": uuid.uuid4().bytes * 1000}
+    image = build_image([layer_files])
+    ref = f"{proxy.host}/fdpyb/leftover:1"
+    await push(registry, tmp_path, ref, image)
+    layer = image.layers[0]
+    # present in the content store, referenced by nothing: what a deleted image leaves behind
+    desc = oci.Descriptor(oci.OCI_LAYER_GZIP, digest_of(layer), len(layer))
+
+    async def data() -> AsyncGenerator[bytes, None]:
+        yield layer
+
+    assert await ContentStore(channel).ensure(desc, {}, Session(NS), data) is True
+    real_labels = service._content.labels
+    collected = []
+
+    async def look_then_collect(digest: str, session: Session) -> dict[str, str] | None:
+        found = await real_labels(digest, session)
+        if digest == desc.digest and not collected:  # the worst moment for the collector to run
+            collected.append(digest)
+            await collect_garbage(channel)
+        return found
+
+    monkeypatch.setattr(service._content, "labels", look_then_collect)
+    proxy.requests.clear()
+    info = await service.ensure(ref, NS)
+    assert collected == [desc.digest]
+    assert proxy.blob_gets() == 1  # the config only: the layer was there
+    assert await read_files(channel, info.chain_id, ["leftover.txt"]) == layer_files
+    assert await content_labels(channel, desc.digest)  # still there, now referenced by the image
+    images = images_pb2_grpc.ImagesStub(channel)
+    await images.Delete(images_pb2.DeleteImageRequest(name=ref, sync=True), metadata=MD)
+
+
 async def test_index_docker_types_and_uncompressed_layers(
     service: ImageService, registry: RegistryClient, proxy: CountingProxy, channel: grpc.aio.Channel,
     tmp_path: Path,
