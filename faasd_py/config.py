@@ -56,6 +56,10 @@ class Timeouts:
     ready: float = 60.0  # deploy: how long a new replica may take to answer its health check
     invoke_wait: float = 30.0  # an invocation waits this long for a starting/resuming replica
     upstream: float = 300.0  # an invocation's whole upstream exchange
+    # a client's request head, and each pause in its body, must arrive within this long (408 or the
+    # connection closed, like the Go gateway's read_timeout); also how long an idle keep-alive
+    # connection stays open
+    read: float = 60.0
     stop_grace: float = 10.0  # SIGTERM -> SIGKILL on delete/update (per function: env grace_period)
 
 

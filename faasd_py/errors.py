@@ -41,6 +41,12 @@ class PayloadTooLarge(FaasdError):
     status = 413
 
 
+class RequestTimeout(FaasdError):
+    """The client stopped sending its request body."""
+
+    status = 408
+
+
 class Unavailable(FaasdError):
     """The function exists but no replica can serve right now."""
 

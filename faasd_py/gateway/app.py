@@ -79,7 +79,7 @@ def build_app(
     r.add_route("*", f"/function/{NAME}", proxy.handle)
     r.add_route("*", f"/function/{NAME}/{{path:.*}}", proxy.handle)
     if queue is not None:
-        queued = AsyncInvoke(provider.functions, queue, settings.queue.max_body)
+        queued = AsyncInvoke(provider.functions, queue, settings.queue.max_body, settings.timeouts.read)
         r.add_route("*", f"/async-function/{NAME}", queued.handle)
         r.add_route("*", f"/async-function/{NAME}/{{path:.*}}", queued.handle)
     return app
@@ -141,8 +141,9 @@ async def serve(app: web.Application, host: str, port: int, *, also: Sequence[st
     # auto_decompress=False: request bodies stay as sent, as in the Go gateway. aiohttp would otherwise
     # inflate a gzip body that the proxy then forwards, cut at the compressed Content-Length, still
     # labelled Content-Encoding: gzip (a corrupted body), and a bad gzip body would be a 500.
+    # keepalive_timeout also bounds a connection whose request head never completes (slowloris)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None,
-                           auto_decompress=False)
+                           auto_decompress=False, keepalive_timeout=app[SETTINGS].timeouts.read)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -17,6 +17,7 @@ from aiohttp import web
 from yarl import URL
 
 from faasd_py.errors import InvalidRequest, PayloadTooLarge
+from faasd_py.gateway.body import next_chunk
 from faasd_py.gateway.invoke import new_call_id, split_function_name
 from faasd_py.provider.contract import Functions
 from faasd_py.provider.queue import QueuedCall
@@ -40,13 +41,13 @@ def parse_callback_url(value: str) -> str:
     return value
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.readany():
+    while chunk := await next_chunk(request.content, timeout):
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
@@ -57,12 +58,13 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 class AsyncInvoke:
     """The request handler for /async-function/*."""
 
-    __slots__ = ("_functions", "_max_body", "_queue")
+    __slots__ = ("_functions", "_max_body", "_queue", "_read_timeout")
 
-    def __init__(self, functions: Functions, queue: Enqueuer, max_body: int) -> None:
+    def __init__(self, functions: Functions, queue: Enqueuer, max_body: int, read_timeout: float) -> None:
         self._functions = functions
         self._queue = queue
         self._max_body = max_body
+        self._read_timeout = read_timeout
 
     async def handle(self, request: web.Request) -> web.Response:
         raw_name = request.match_info["name"]
@@ -71,7 +73,7 @@ class AsyncInvoke:
         if callback:
             parse_callback_url(callback)
         await self._functions.get(name, namespace)  # 404 unknown function, 400 unknown namespace
-        body = await _read_body(request, self._max_body)
+        body = await _read_body(request, self._max_body, self._read_timeout)
 
         headers = list(request.headers.items())
         call_id = request.headers.get("X-Call-Id") or ""

@@ -21,7 +21,8 @@ import aiohttp
 from aiohttp import web
 
 from faasd_py.config import Settings
-from faasd_py.errors import NotFound, Unavailable
+from faasd_py.errors import NotFound, RequestTimeout, Unavailable
+from faasd_py.gateway.body import next_chunk, read_exactly, send_and_close
 from faasd_py.gateway.keys import InvocationHook, StartHook
 from faasd_py.gateway.upstream import HOP_BY_HOP, Pool, UpstreamError
 from faasd_py.provider.contract import Endpoint, Functions
@@ -49,11 +50,12 @@ class _BodyTooLarge(Exception):
 class _CappedBody:
     """The request body as it arrives, cut at the limit; ``overflow`` says why sending stopped."""
 
-    __slots__ = ("_content", "_limit", "_size", "overflow")
+    __slots__ = ("_content", "_limit", "_read_timeout", "_size", "overflow")
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+    def __init__(self, content: aiohttp.StreamReader, limit: int, read_timeout: float) -> None:
         self._content = content
         self._limit = limit
+        self._read_timeout = read_timeout
         self._size = 0
         self.overflow = False
 
@@ -61,7 +63,7 @@ class _CappedBody:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk: bytes = await self._content.readany()
+        chunk = await next_chunk(self._content, self._read_timeout)
         if not chunk:
             raise StopAsyncIteration
         self._size += len(chunk)
@@ -102,7 +104,8 @@ def _connection_tokens(value: str) -> frozenset[str]:
 class InvokeProxy:
     """The request handler for /function/*, holding the upstream connection pool."""
 
-    __slots__ = ("_functions", "_max_body", "_max_queued_response", "_on_invocation", "_on_start", "_pool", "_timeout")
+    __slots__ = ("_functions", "_max_body", "_max_queued_response", "_on_invocation", "_on_start", "_pool",
+                 "_read_timeout", "_timeout")
 
     def __init__(self, functions: Functions, settings: Settings, on_invocation: InvocationHook | None = None,
                  on_start: StartHook | None = None) -> None:
@@ -110,6 +113,7 @@ class InvokeProxy:
         self._max_body = settings.max_invoke_body
         self._max_queued_response = settings.queue.max_body
         self._timeout = settings.timeouts.upstream
+        self._read_timeout = settings.timeouts.read
         self._on_invocation = on_invocation
         self._on_start = on_start
         self._pool = Pool(tick=min(1.0, self._timeout / 4))
@@ -186,12 +190,14 @@ class InvokeProxy:
                 lines.append("Content-Length: 0\r\n")
         elif length is not None and length <= SMALL_BODY:
             try:
-                body = await request.content.readexactly(length)
+                body = await read_exactly(request.content, length, self._read_timeout)
             except asyncio.IncompleteReadError:
                 return _internal_error(400, "the request body ended before its Content-Length")
+            except RequestTimeout as exc:
+                return await send_and_close(request, _internal_error(exc.status, exc.message))
             lines.append(f"Content-Length: {length}\r\n")
         else:
-            body = capped = _CappedBody(request.content, self._max_body)
+            body = capped = _CappedBody(request.content, self._max_body, self._read_timeout)
             if length is None:
                 chunked = True
                 lines.append("Transfer-Encoding: chunked\r\n")
@@ -209,6 +215,8 @@ class InvokeProxy:
             )
         except TimeoutError:
             return _internal_error(504, f"timeout calling {name}.{namespace}")
+        except RequestTimeout as exc:  # the client's streamed body stalled before the function answered
+            return await send_and_close(request, _internal_error(exc.status, exc.message))
         except ConnectionError:  # reading the client's body failed: it is gone
             return _internal_error(400, "the client connection was lost while sending the body")
         except (UpstreamError, _BodyTooLarge) as exc:

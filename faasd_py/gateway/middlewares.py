@@ -12,8 +12,9 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from faasd_py.errors import FaasdError
+from faasd_py.errors import FaasdError, RequestTimeout
 from faasd_py.gateway.auth import INVALID_CREDENTIALS, REALM_HEADER
+from faasd_py.gateway.body import send_and_close
 from faasd_py.gateway.keys import CREDENTIALS
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ def error_response(status: int, message: str) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except RequestTimeout as exc:
+        return await send_and_close(request, error_response(exc.status, exc.message))
     except FaasdError as exc:
         return error_response(exc.status, exc.message)
     except web.HTTPException:

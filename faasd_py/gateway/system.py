@@ -19,6 +19,7 @@ from aiohttp import web
 
 from faasd_py import __version__
 from faasd_py.errors import FaasdError, InvalidRequest, PayloadTooLarge, Unprocessable
+from faasd_py.gateway.body import next_chunk
 from faasd_py.gateway.keys import LOG_STREAMS, PROVIDER, SETTINGS
 from faasd_py.types import (
     DeleteFunctionRequest,
@@ -53,13 +54,14 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm"
 
 async def read_json(request: web.Request) -> Any:
     """The body as JSON, bounded by settings.max_json_body (413) and with the parser's message on 400."""
-    limit = request.app[SETTINGS].max_json_body
+    settings = request.app[SETTINGS]
+    limit = settings.max_json_body
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.content.iter_any():
+        while chunk := await next_chunk(request.content, settings.timeouts.read):
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"request body larger than {limit} bytes")
