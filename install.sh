@@ -146,7 +146,7 @@ start_journald_direct() {
   journalctl --flush >/dev/null 2>&1 || true
 }
 
-# The core services' compose file and the Prometheus config beside it: copied only when absent,
+# The core services' compose file and the NATS and Prometheus configs beside it: copied only when absent,
 # so an operator's edits survive upgrades.
 install_compose_files() {
   local dir
@@ -156,10 +156,13 @@ install_compose_files() {
     install -m 0644 "$SRC/docker-compose.yaml" "$S_COMPOSE_PATH"
     log "wrote $S_COMPOSE_PATH"
   fi
-  if [ ! -e "$dir/prometheus.yml" ]; then
-    install -m 0644 "$SRC/prometheus.yml" "$dir/prometheus.yml"
-    log "wrote $dir/prometheus.yml"
-  fi
+  local f
+  for f in prometheus.yml nats.conf; do
+    if [ ! -e "$dir/$f" ]; then
+      install -m 0644 "$SRC/$f" "$dir/$f"
+      log "wrote $dir/$f"
+    fi
+  done
 }
 
 # nats and prometheus images from the host's packages (needs containerd); re-run after upgrades

@@ -127,6 +127,10 @@ class Settings:
         return self.state_dir / "secrets" / "basic-auth-user"
 
     @property
+    def nats_token_file(self) -> Path:
+        return self.state_dir / "secrets" / "nats-token"
+
+    @property
     def compose_path(self) -> Path:
         return Path(self.compose_file) if self.compose_file else self.state_dir / "docker-compose.yaml"
 

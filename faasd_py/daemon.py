@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from faasd_py.config import Settings
-from faasd_py.credentials import ensure_credentials
+from faasd_py.credentials import NATS_TOKEN_VARIABLE, ensure_credentials, nats_token
 from faasd_py.errors import ContainerdUnavailable, InvalidRequest
 from faasd_py.gateway.app import INVOKE, build_app, serve
 from faasd_py.gateway.auth import Credentials
@@ -125,13 +125,16 @@ async def build(settings: Settings) -> Daemon:
     provider = ContainerdProvider(functions, namespaces, store, JournalLogs())
     ensure_credentials(settings)
     metrics = GatewayMetrics(functions.samples)
-    queue = AsyncQueue(settings.queue) if settings.queue.enabled else None
+    token = nats_token(settings)
+    queue = AsyncQueue(settings.queue, token=token) if settings.queue.enabled else None
     app = build_app(provider, settings, Credentials.load(settings), on_invocation=metrics.finished,
                     on_start=metrics.started, queue=queue)
     launcher.on_address_released = app[INVOKE].pool.drop
     if queue is not None:
         queue.invoker = app[INVOKE].invoke_queued  # queued calls take the /function path: resume, pool, metrics
-    core = CoreServices(settings, client, images, shared, logs=collector)
+    # the compose file hands the token to the nats service (nats.conf) as ${FAASD_PY_NATS_TOKEN}
+    core = CoreServices(settings, client, images, shared, logs=collector,
+                        env={**os.environ, NATS_TOKEN_VARIABLE: token})
     return Daemon(settings, client, registry, functions, network, collector, provider, core, app, metrics,
                   build_metrics_app(metrics, settings), queue)
 

@@ -20,9 +20,11 @@ def nats_missing() -> str | None:
 
 
 class NatsServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, token: str = "") -> None:
+        """``token``: clients must present it (as the shipped nats.conf requires the daemon's)."""
         self.dir = workdir
         self.port = port or free_port()
+        self.token = token
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,6 +43,7 @@ class NatsServer:
         conf.write_text(
             f"listen: 127.0.0.1:{self.port}\nserver_name: fdpy-test\n"
             f"jetstream {{\n  store_dir: {store}\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n"
+            + (f'authorization {{\n  token: "{self.token}"\n}}\n' if self.token else "")
         )
         with open(self.dir / "nats.log", "ab") as log:
             self.proc = subprocess.Popen(["nats-server", "-c", str(conf)], stdout=log, stderr=log,

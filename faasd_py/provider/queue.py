@@ -140,9 +140,11 @@ class AsyncQueue:
     background; until it is up, :meth:`enqueue` raises Unavailable (503) with the reason.
     """
 
-    def __init__(self, settings: AsyncSettings, invoker: Invoker | None = None) -> None:
+    def __init__(self, settings: AsyncSettings, invoker: Invoker | None = None, token: str = "") -> None:
+        """``token``: presented to NATS unless ``nats_url`` carries credentials of its own."""
         self.settings = settings
         self.invoker = invoker
+        self._token = token
         self._subject = settings.subject
         self._bucket = f"{settings.stream}-bodies"
         self._nc: Any = None
@@ -186,10 +188,11 @@ class AsyncQueue:
     async def _connect_and_set_up(self) -> None:
         url = self.settings.nats_url
         self._problem = f"not connected to NATS at {url} yet (retrying in the background)"
+        auth = {"token": self._token} if self._token and "@" not in url else {}
         nc = await nats.connect(
             url, name="faasd-py", connect_timeout=2, allow_reconnect=True, max_reconnect_attempts=-1,
             reconnect_time_wait=2, error_cb=self._on_error, disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
+            reconnected_cb=self._on_reconnected, **auth,
         )
         self._nc = nc
         delay = 1.0

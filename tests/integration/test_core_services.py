@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from aiohttp import web
 from faasd_py.build import FunctionSpec, build_function_image
 from faasd_py.build.coreimages import build_core_images
 from faasd_py.config import RegistrySettings, Settings
+from faasd_py.credentials import NATS_TOKEN_VARIABLE
 from faasd_py.network import netns
 from faasd_py.network.cni import FunctionNetwork
 from faasd_py.network.dns import SharedFiles
@@ -43,6 +45,7 @@ from tests.integration.daemon_harness import settings_for
 
 REPO = Path(__file__).resolve().parents[2]
 WEB_IMAGE = "localhost/faasd-py-test/web:1"
+NATS_TOKEN = "core-services-test-token"
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/sbin/nats-server").exists() or not Path("/usr/bin/prometheus").exists(),
@@ -63,7 +66,8 @@ class Core:
 
     def services(self, env: dict[str, str] | None = None) -> CoreServices:
         """A new "daemon" (its supervisors stop at module teardown even when the test failed)."""
-        services = CoreServices(self.settings, self.client, self.images, self.shared, logs=self.logs, env=env or {})
+        env = {NATS_TOKEN_VARIABLE: NATS_TOKEN, **(env or {})}  # as the daemon hands it over
+        services = CoreServices(self.settings, self.client, self.images, self.shared, logs=self.logs, env=env)
         self.made.append(services)
         return services
 
@@ -110,6 +114,7 @@ async def core(testenv: TestEnv, tmp_path_factory: pytest.TempPathFactory) -> As
         for sc in job["static_configs"]:
             sc["targets"] = [t.replace(":8082", f":{ports['metrics']}") for t in sc["targets"]]
     (settings.state_dir / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    shutil.copy(REPO / "nats.conf", settings.state_dir / "nats.conf")
     write_compose(settings.compose_path, shipped_compose(ports))
     made = Core(settings, client, images, shared, logs, ports)
     try:
@@ -151,7 +156,7 @@ async def http_get(url: str) -> tuple[int, str]:
 
 async def jetstream_roundtrip(port: int, payload: bytes, create: bool) -> tuple[bytes, int]:
     """Publish one message to a JetStream stream and consume it; returns it and the stream's count."""
-    nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2, allow_reconnect=False)
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2, allow_reconnect=False, token=NATS_TOKEN)
     try:
         js = nc.jetstream()
         if create:
@@ -164,6 +169,20 @@ async def jetstream_roundtrip(port: int, payload: bytes, create: bool) -> tuple[
         return msg.data, int(info.state.messages)
     finally:
         await nc.close()
+
+
+async def nats_connect_answer(port: int, token: str | None) -> bytes:
+    """What NATS answers a client's CONNECT (+ PING), in the protocol itself: nats-py leaves its
+    socket open when the server refuses it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        info = json.loads((await reader.readline()).removeprefix(b"INFO "))
+        assert info["auth_required"] is True
+        connect = {"verbose": False, "pedantic": False} | ({"auth_token": token} if token else {})
+        writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        return (await asyncio.wait_for(reader.readline(), 5)).rstrip()
+    finally:
+        writer.close()
 
 
 def status_of(services: CoreServices) -> dict[str, Any]:
@@ -190,6 +209,10 @@ async def test_core_services_lifecycle(core: Core) -> None:
     # --- NATS JetStream and Prometheus answer through the daemon's published ports
     data, count = await eventually(lambda: jetstream_roundtrip(ports["nats"], b"first", create=True), "nats")
     assert data == b"first" and count == 1
+    # ... only with the token: a function on the bridge cannot read or forge queued invocations
+    assert await nats_connect_answer(ports["nats"], None) == b"-ERR 'Authorization Violation'"
+    assert await nats_connect_answer(ports["nats"], "a-guess") == b"-ERR 'Authorization Violation'"
+    assert await nats_connect_answer(ports["nats"], NATS_TOKEN) == b"PONG"
     code, _ = await eventually(lambda: http_get(f"http://127.0.0.1:{ports['nats-monitor']}/healthz?js-enabled-only=true"),
                                "nats monitor")
     assert code == 200

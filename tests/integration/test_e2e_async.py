@@ -28,6 +28,7 @@ import nats
 import pytest
 import yaml
 
+from faasd_py.credentials import ensure_credentials, nats_token
 from faasd_py.network.dns import gateway_ip
 from faasd_py.runtime.model import TaskState
 from tests.callback_receiver import Receiver, callback_receiver
@@ -43,8 +44,11 @@ FAIL_PROCESS = "/usr/bin/python3.11 -S /no/such/handler.py"  # the classic watch
 
 
 @pytest.fixture(scope="module")
-def natsd(testenv: TestEnv) -> Any:
-    server = NatsServer(testenv.path / "nats-e2e-async").start()
+def natsd(testenv: TestEnv, e2e_state: Path) -> Any:
+    """Requiring the token the daemon will find in its state dir, as the shipped nats.conf does."""
+    settings = settings_for(testenv, e2e_state)
+    ensure_credentials(settings)
+    server = NatsServer(testenv.path / "nats-e2e-async", token=nats_token(settings)).start()
     try:
         yield server
     finally:
@@ -236,7 +240,7 @@ async def test_nats_down_means_503_and_the_daemon_keeps_serving(
 
 
 async def _ack_pending(natsd: NatsServer) -> int:
-    nc = await nats.connect(natsd.url)
+    nc = await nats.connect(natsd.url, token=natsd.token)
     try:
         info = await nc.jetstream().consumer_info("faas-request", "faasd-py-worker")
         return int(info.num_ack_pending)

@@ -142,6 +142,9 @@ def test_install_upgrade_uninstall_purge(installer: Installer) -> None:
     # an existing compose file is kept; the Prometheus config is installed beside it
     assert inst.compose.read_text() == "services: {}  # mine\n"
     assert (inst.compose.parent / "prometheus.yml").read_text() == (REPO / "prometheus.yml").read_text()
+    assert (inst.compose.parent / "nats.conf").read_text() == (REPO / "nats.conf").read_text()
+    assert stat.S_IMODE((inst.state / "secrets" / "nats-token").stat().st_mode) == 0o600
+    assert len((inst.state / "secrets" / "nats-token").read_text()) >= 32
     images = subprocess.run(["ctr", "-a", inst.settings.containerd_socket, "-n", "openfaas", "images", "ls", "-q"],
                             capture_output=True, text=True, check=True).stdout.split()
     assert {"localhost/faasd-py/nats:latest", "localhost/faasd-py/prometheus:latest"} <= set(images)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from faasd_py.credentials import NATS_TOKEN_VARIABLE
 from faasd_py.errors import InvalidRequest
 from faasd_py.provider.compose import (
     SERVICE_KEYS,
@@ -37,17 +38,29 @@ def services(text: str, env: dict[str, str] | None = None) -> dict[str, ServiceS
 
 
 def test_shipped_compose_file_parses_with_nats_and_prometheus() -> None:
-    compose = load_compose(REPO / "docker-compose.yaml", env={})
+    compose = load_compose(REPO / "docker-compose.yaml", env={NATS_TOKEN_VARIABLE: "tok"})
     assert compose.warnings == ()
     assert compose.names() == ["nats", "prometheus"]
     nats, prom = compose.services
     assert nats.image == "localhost/faasd-py/nats:latest"
     assert nats.command is not None and "-js" in nats.command
     assert nats.volumes[0].source == str(REPO / "nats") and nats.volumes[0].target == "/data"
+    # the token reaches nats-server through its environment and nats.conf, never its command line
+    assert dict(nats.environment) == {"NATS_TOKEN": "tok"}
+    assert "tok" not in nats.command
+    conf = nats.volumes[1]
+    assert (conf.source, conf.target, conf.read_only) == (str(REPO / "nats.conf"), "/etc/nats/nats.conf", True)
+    assert nats.command[:2] == ("-c", "/etc/nats/nats.conf")
+    assert "token: $NATS_TOKEN" in (REPO / "nats.conf").read_text()
     assert {str(p) for p in nats.ports} == {"127.0.0.1:4222->4222/tcp", "127.0.0.1:8222->8222/tcp"}
     assert prom.volumes[0].read_only and prom.volumes[0].source == str(REPO / "prometheus.yml")
     assert (REPO / "prometheus.yml").is_file()
     assert prom.restart == RestartPolicy("always") and nats.user == "65534:65534"
+
+
+def test_the_shipped_compose_file_will_not_start_nats_without_the_token() -> None:
+    with pytest.raises(InvalidRequest, match=NATS_TOKEN_VARIABLE):
+        load_compose(REPO / "docker-compose.yaml", env={})
 
 
 def test_shipped_prometheus_config_scrapes_itself_and_the_gateway_metrics_port() -> None:
