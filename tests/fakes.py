@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from faasd_py.errors import Conflict, NotFound, Unavailable
+from faasd_py.errors import Conflict, NotFound, RuntimeFailure, Unavailable
 from faasd_py.provider.contract import Endpoint, Functions, Logs, Namespaces, Secrets
 from faasd_py.types import (
     DEFAULT_NAMESPACE,
@@ -186,6 +186,7 @@ class FakeLogs:
     requests: list[LogRequest] = field(default_factory=list)
     followers: list[asyncio.Queue[LogMessage]] = field(default_factory=list)
     closed: int = 0  # streams whose generator was closed (client gone, or done)
+    fail_after: int | None = None  # the reader fails (as journalctl exiting 1) after this many messages
 
     def push(self, message: LogMessage) -> None:
         for q in self.followers:
@@ -216,8 +217,12 @@ class FakeLogs:
                 old = [m for m in old if m.timestamp >= since]
             if tail >= 0:
                 old = old[len(old) - tail:] if tail else []
-            for m in old:
+            for i, m in enumerate(old):
+                if i == self.fail_after:
+                    break
                 yield m
+            if self.fail_after is not None:
+                raise RuntimeFailure("function log request failed: journalctl exited with status 1: broken")
             while follow:
                 m = await queue.get()
                 if m.name == name and m.namespace == namespace:

@@ -39,6 +39,7 @@ NDJSON = "application/x-ndjson"
 NAMESPACE_LABEL = "openfaas"
 # How often a quiet `follow` log stream checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 1.0
+FIRST_MESSAGE_WAIT = 0.5  # /system/logs holds its 200 this long for a reader that fails at once
 
 # What Go marshals an unset time.Time as; the OpenFaaS gateway sends it when the provider had no
 # creation time. The spec has createdAt as a non-null date-time and faas-cli fails on "".
@@ -281,10 +282,22 @@ async def logs(request: web.Request) -> web.StreamResponse:
     messages = request.app[PROVIDER].logs.stream(
         name, namespace, instance=q.get("instance", ""), tail=tail, since=since, follow=follow
     )
-    response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
-    await response.prepare(request)
+    # A reader that fails at once (journalctl exiting with an error) does so before the first
+    # message: wait briefly for that, so the failure is a 500 with its reason, not an empty 200.
+    first = asyncio.ensure_future(_first(messages))
+    try:
+        await asyncio.wait((first,), timeout=FIRST_MESSAGE_WAIT)
+        if first.done() and (failure := first.exception()) is not None:
+            raise failure
+        response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+        await response.prepare(request)
+    except BaseException:
+        first.cancel()
+        await asyncio.wait((first,))
+        await _close(messages)
+        raise
 
-    pump = asyncio.ensure_future(_pump(messages, response, f"{name}.{namespace}"))
+    pump = asyncio.ensure_future(_pump(first, messages, response, f"{name}.{namespace}"))
     streams = request.app[LOG_STREAMS]
     streams.add(pump)
     try:
@@ -308,8 +321,27 @@ async def logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _pump(messages: AsyncIterator[LogMessage], response: web.StreamResponse, function: str) -> None:
+async def _first(messages: AsyncIterator[LogMessage]) -> LogMessage | None:
+    """The first message, or None if there is none."""
     try:
+        return await anext(messages)
+    except StopAsyncIteration:
+        return None
+
+
+async def _close(messages: AsyncIterator[LogMessage]) -> None:
+    aclose = getattr(messages, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _pump(first: asyncio.Future[LogMessage | None], messages: AsyncIterator[LogMessage],
+                response: web.StreamResponse, function: str) -> None:
+    try:
+        message = await first
+        if message is None:
+            return
+        await response.write(json.dumps(message.to_json(), separators=(",", ":")).encode() + b"\n")
         async for message in messages:
             await response.write(json.dumps(message.to_json(), separators=(",", ":")).encode() + b"\n")
     except ConnectionError:
@@ -319,6 +351,7 @@ async def _pump(messages: AsyncIterator[LogMessage], response: web.StreamRespons
     except Exception:
         log.exception("log stream for %s failed", function)
     finally:
-        aclose = getattr(messages, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        if not first.done():
+            first.cancel()
+            await asyncio.wait((first,))
+        await _close(messages)

@@ -81,11 +81,13 @@ class JournalLogs:
 
     @staticmethod
     async def _read(args: list[str]) -> AsyncGenerator[LogMessage, None]:
+        """Raises RuntimeFailure with journalctl's own words if it exits with an error."""
         proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             limit=4 << 20,  # entries up to 64 KiB of text are far larger as JSON byte arrays
         )
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
+        complaint = asyncio.ensure_future(_last_words(proc.stderr))
         try:
             while True:
                 try:
@@ -97,8 +99,22 @@ class JournalLogs:
                 msg = parse_entry(line)
                 if msg is not None:
                     yield msg
+            if await proc.wait() != 0:
+                said = await complaint
+                raise RuntimeFailure(f"function log request failed: journalctl exited with status "
+                                     f"{proc.returncode}: {said or 'no message'}")
         finally:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
             await proc.wait()
+            complaint.cancel()
+
+
+async def _last_words(stderr: asyncio.StreamReader, keep: int = 2048) -> str:
+    """The end of what a process wrote to stderr (read all along, so it can never block on it)."""
+    tail = b""
+    while chunk := await stderr.read(65536):
+        tail = (tail + chunk)[-keep:]
+    lines = [ln.strip() for ln in tail.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""

@@ -195,6 +195,34 @@ async def test_logs_ndjson_without_follow(gw: Gateway) -> None:
     assert req.since == datetime(2026, 1, 1, 0, 0, 3, tzinfo=UTC) and req.tail == -1 and not req.follow
 
 
+@pytest.mark.parametrize("follow", ["false", "true"])
+async def test_a_log_reader_that_fails_at_once_is_a_500_with_its_reason(gw: Gateway, follow: str) -> None:
+    gw.provider.fake_logs.history = [_msg("one\n", 1)]
+    gw.provider.fake_logs.fail_after = 0
+    resp = await gw.client.get(f"/system/logs?name=fn1&follow={follow}", headers=AUTH)
+    assert resp.status == 500
+    assert await resp.text() == "function log request failed: journalctl exited with status 1: broken"
+    assert gw.provider.fake_logs.closed == 1
+
+
+async def test_a_log_reader_failing_mid_stream_ends_the_stream_it_started(gw: Gateway) -> None:
+    """The 200 is sent by then: what was read stays, the stream ends (and the log says why)."""
+    gw.provider.fake_logs.history = [_msg("one\n", 1), _msg("two\n", 2)]
+    gw.provider.fake_logs.fail_after = 1
+    resp = await gw.client.get("/system/logs?name=fn1", headers=AUTH)
+    assert resp.status == 200
+    assert [m["text"] for m in ndjson(await resp.text())] == ["one\n"]
+
+
+async def test_a_follow_stream_without_entries_answers_200_while_it_waits(gw: Gateway) -> None:
+    resp = await asyncio.wait_for(gw.client.get("/system/logs?name=fn1&follow=true", headers=AUTH), 5)
+    assert resp.status == 200
+    gw.provider.fake_logs.push(_msg("late\n"))
+    line = await asyncio.wait_for(resp.content.readline(), 5)
+    assert ndjson(line.decode())[0]["text"] == "late\n"
+    resp.close()
+
+
 @pytest.mark.parametrize("query", ["tail=ten", "follow=maybe", "since=yesterday"])
 async def test_logs_bad_parameters_are_422(gw: Gateway, query: str) -> None:
     resp = await gw.client.get(f"/system/logs?name=fn1&{query}", headers=AUTH)

@@ -261,6 +261,10 @@ FAKE_JOURNALCTL = """\
 import json, os, sys, time
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:]}) + "\\n")
+if os.environ.get("FAKE_FAIL"):
+    print("Journal file /var/log/journal/x.journal is truncated, ignoring file.", file=sys.stderr)
+    print(os.environ["FAKE_FAIL"], file=sys.stderr)
+    sys.exit(1)
 for i in range(3):
     print(json.dumps({"MESSAGE": f"line {i}", "OPENFAAS_NAME": "fn1", "OPENFAAS_NAMESPACE": "team-a",
                       "OPENFAAS_INSTANCE": "fn1-1", "__REALTIME_TIMESTAMP": str(1795308427000000 + i)}))
@@ -323,6 +327,19 @@ async def test_cancelling_a_waiting_follow_stream_kills_journalctl(fake_journalc
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert not alive(pid)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+async def test_journalctl_failing_is_an_error_with_its_own_words(
+    fake_journalctl: Path, monkeypatch: pytest.MonkeyPatch, follow: bool
+) -> None:
+    """It used to end the stream as if there were no entries: an empty 200 for the client."""
+    monkeypatch.setenv("FAKE_FAIL", "Failed to open journal directory: Permission denied")
+    stream = JournalLogs().stream("fn1", "team-a", follow=follow)
+    with pytest.raises(RuntimeFailure) as failed:
+        await anext(stream)
+    assert failed.value.message == ("function log request failed: journalctl exited with status 1: "
+                                    "Failed to open journal directory: Permission denied")
 
 
 def test_missing_journalctl_is_a_500_before_the_stream_starts(monkeypatch: pytest.MonkeyPatch,
