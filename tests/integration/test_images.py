@@ -349,15 +349,21 @@ async def test_a_leftover_layer_is_leased_before_it_is_used(
     async def data() -> AsyncGenerator[bytes, None]:
         yield layer
 
-    assert await ContentStore(channel).ensure(desc, {}, Session(NS), data) is True
+    # written under a lease of the test's own, so that no collection before the pull removes it
+    leases = leases_pb2_grpc.LeasesStub(channel)
+    held = f"fdpyb-leftover-{uuid.uuid4().hex[:8]}"
+    await leases.Create(leases_pb2.CreateRequest(id=held), metadata=MD)
+    assert await ContentStore(channel).ensure(desc, {}, Session(NS, held), data) is True
     real_labels = service._content.labels
     collected = []
 
     async def look_then_collect(digest: str, session: Session) -> dict[str, str] | None:
+        if digest != desc.digest or collected:
+            return await real_labels(digest, session)
+        await leases.Delete(leases_pb2.DeleteRequest(id=held), metadata=MD)  # a leftover from here on
         found = await real_labels(digest, session)
-        if digest == desc.digest and not collected:  # the worst moment for the collector to run
-            collected.append(digest)
-            await collect_garbage(channel)
+        collected.append(digest)
+        await collect_garbage(channel)  # the worst moment for the collector to run
         return found
 
     monkeypatch.setattr(service._content, "labels", look_then_collect)
