@@ -46,6 +46,9 @@ class NetworkSettings:
     ipam_dir: str = "/run/faasd-py/ipam"
     # netns names are "<prefix><namespace>-<container id>" under /run/netns
     netns_prefix: str = "faasd-"
+    # functions reach only their own namespace's functions on the bridge (nftables; see
+    # network/tenant_firewall.py); core services and the host stay reachable for all
+    isolate_namespaces: bool = True
     # nameservers written into the functions' resolv.conf; empty = the host's non-loopback ones
     nameservers: list[str] = field(default_factory=list)
     search: list[str] = field(default_factory=list)

@@ -24,7 +24,8 @@ from faasd_py.gateway.auth import Credentials
 from faasd_py.gateway.metrics import GatewayMetrics, build_metrics_app
 from faasd_py.network.cni import FunctionNetwork
 from faasd_py.network.dns import SharedFiles, gateway_ip
-from faasd_py.provider.core_services import CoreServices
+from faasd_py.network.tenant_firewall import TenantFirewall
+from faasd_py.provider.core_services import CoreServices, core_network
 from faasd_py.provider.functions import FunctionManager
 from faasd_py.provider.instances import Launcher
 from faasd_py.provider.log_helper import LogHelper
@@ -111,6 +112,9 @@ async def build(settings: Settings) -> Daemon:
     shared = SharedFiles(settings.state_dir / "network", settings.network)
     shared.write()
     network = FunctionNetwork(settings.network, settings.state_dir / "cni")
+    if settings.network.isolate_namespaces:
+        network.firewall = TenantFirewall(network.bridge)
+        await network.firewall.start()  # before any replica is wired or adopted
     # One helper process drains every function's FIFOs, also with journald off (then it only
     # drains): reading the pipes here would wake this loop on every line a function writes.
     collector = LogHelper(settings.run_dir / "fifo", journald=settings.journald)
@@ -133,8 +137,8 @@ async def build(settings: Settings) -> Daemon:
     if queue is not None:
         queue.invoker = app[INVOKE].invoke_queued  # queued calls take the /function path: resume, pool, metrics
     # the compose file hands the token to the nats service (nats.conf) as ${FAASD_PY_NATS_TOKEN}
-    core = CoreServices(settings, client, images, shared, logs=collector,
-                        env={**os.environ, NATS_TOKEN_VARIABLE: token})
+    core = CoreServices(settings, client, images, shared, network=core_network(settings, network.firewall),
+                        logs=collector, env={**os.environ, NATS_TOKEN_VARIABLE: token})
     return Daemon(settings, client, registry, functions, network, collector, provider, core, app, metrics,
                   build_metrics_app(metrics, settings), queue)
 

@@ -5,6 +5,8 @@
 # What the appliance needs on the host. One list, so install.sh and the test command agree.
 RUNTIME_PACKAGES=(
   containerd runc containernetworking-plugins iptables iproute2
+  # nft: the table that keeps namespaces' functions apart on the bridge (network.isolate_namespaces)
+  nftables
   # containerd's .proto files: faasd-py generates its gRPC stubs from them at install time
   golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev golang-github-gogo-googleapis-dev
   # the venv, and systemd-python (built from source against libsystemd); python3-yaml lets

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from faasd_py.config import Settings
+from faasd_py.network.tenant_firewall import table_name
 
 REQUIRED_BINARIES = ("containerd", "runc", "ctr", "docker-registry", "iptables", "ip")
 # containerd namespaces whose cgroup parents / runc dirs are removed even if containerd died early
@@ -305,6 +306,8 @@ class TestEnv:
     def _remove_bridge_and_rules(self) -> None:
         if Path(f"/sys/class/net/{self.bridge}").exists():
             _run("ip", "link", "del", self.bridge)
+        if self._firewall_table_exists():
+            _run("nft", "delete", "table", "inet", table_name(self.bridge))
         for table in ("nat", "filter"):
             rules = _iptables_rules(table)
             # per-container chains (bridge ipMasq "CNI-<hash>") that serve our subnet: drop whole
@@ -317,6 +320,12 @@ class TestEnv:
             for chain in doomed:
                 _run("iptables", "-w", "-t", table, "-F", chain)
                 _run("iptables", "-w", "-t", table, "-X", chain)
+
+    def _firewall_table_exists(self) -> bool:
+        """The daemon's namespace isolation table for our bridge (network/tenant_firewall.py)."""
+        if not shutil.which("nft"):
+            return False
+        return _run("nft", "list", "table", "inet", table_name(self.bridge)).returncode == 0
 
     def _remove_runtime_leftovers(self, namespaces: set[str]) -> None:
         """runc leaves the empty per-namespace cgroup parents and its runtime root behind.
@@ -352,6 +361,8 @@ class TestEnv:
         for table in ("nat", "filter"):
             found += [f"iptables -t {table} {shlex.join(r)}" for r in _iptables_rules(table)
                       if _in_subnet(r, self.subnet)]
+        if self._firewall_table_exists():
+            found.append(f"nftables table inet {table_name(self.bridge)}")
         if self.path.exists():
             found.append(f"directory {self.path}")
         if (JOURNALD_SHARE / "users" / _user_key(self.dir)).exists():

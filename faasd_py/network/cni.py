@@ -34,6 +34,7 @@ from faasd_py.config import NetworkSettings
 from faasd_py.errors import InvalidRequest, NetworkError
 from faasd_py.network import iptables, netns
 from faasd_py.network.netns import NsState
+from faasd_py.network.tenant_firewall import SHARED, TenantFirewall
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,8 @@ class FunctionNetwork:
     chains, which the plugins do not create race-free).
     """
 
-    def __init__(self, settings: NetworkSettings, conf_dir: Path, cache_dir: Path | None = None) -> None:
+    def __init__(self, settings: NetworkSettings, conf_dir: Path, cache_dir: Path | None = None,
+                 firewall: TenantFirewall | None = None) -> None:
         if settings.cni_conf_dir:
             path = Path(settings.cni_conf_dir) / CONFLIST_FILE
             if settings.netns_prefix:
@@ -297,18 +299,22 @@ class FunctionNetwork:
         self._locks: dict[str, _KeyLock] = {}
         self._first_add = asyncio.Lock()
         self._warm = False
+        self.firewall = firewall
 
     # --- public API ---------------------------------------------------------------------------
 
     def netns_path(self, key: str) -> str:
         return netns.path_of(self._name(key))
 
-    async def setup(self, key: str, netns_ready: asyncio.Event | None = None) -> Attachment:
+    async def setup(self, key: str, netns_ready: asyncio.Event | None = None, *,
+                    namespace: str = SHARED) -> Attachment:
         """Wire ``key``; idempotent: an intact earlier attachment is returned as it is (a restarted
         daemon finds its running functions this way), leftovers of a broken one are released first.
 
         ``netns_ready`` is set as soon as the namespace exists, before the CNI plugins run: a task
         can be created in it meanwhile (the plugins then take ~45 ms in parallel with runc).
+        ``namespace``: whose peers the address may reach (the firewall); the default, SHARED, is
+        a core service's, which everyone may reach.
         """
         name = self._name(key)
         async with self._locked(key):
@@ -316,19 +322,24 @@ class FunctionNetwork:
             if cached is not None and state is NsState.MOUNTED:
                 if netns_ready is not None:
                     netns_ready.set()
-                return self._attachment(key, cached)
-            if cached is not None or state is not NsState.ABSENT:
-                log.warning("network %s: releasing leftovers of an earlier attachment (netns %s)", key, state.value)
-                await self._release(key, cached, scan=cached is None)
-            try:
-                return await self._wire(key, name, netns_ready)
-            except NetworkError as exc:
-                # an IPAM reservation without netns or cache (its state dir outlived them): the
-                # rollback's DEL released it by container id, so one more try succeeds
-                if "duplicate allocation" not in exc.message:
-                    raise
-                log.warning("network %s: stale IPAM reservation released, retrying", key)
-                return await self._wire(key, name, netns_ready)
+                attachment = self._attachment(key, cached)
+            else:
+                if cached is not None or state is not NsState.ABSENT:
+                    log.warning("network %s: releasing leftovers of an earlier attachment (netns %s)", key,
+                                state.value)
+                    await self._release(key, cached, scan=cached is None)
+                try:
+                    attachment = await self._wire(key, name, netns_ready)
+                except NetworkError as exc:
+                    # an IPAM reservation without netns or cache (its state dir outlived them): the
+                    # rollback's DEL released it by container id, so one more try succeeds
+                    if "duplicate allocation" not in exc.message:
+                        raise
+                    log.warning("network %s: stale IPAM reservation released, retrying", key)
+                    attachment = await self._wire(key, name, netns_ready)
+            if self.firewall is not None:
+                await self.firewall.admit(attachment.ip, namespace)  # on failure the caller tears down
+            return attachment
 
     async def teardown(self, key: str) -> None:
         """Release everything of ``key``; a no-op when nothing is left. Without a cached ADD result
@@ -341,13 +352,17 @@ class FunctionNetwork:
             await self._release(key, cached, scan=cached is None)
             log.debug("network %s: teardown in %.1f ms", key, (time.perf_counter() - t0) * 1000)
 
-    async def lookup(self, key: str) -> Attachment | None:
-        """The live attachment of ``key`` (from the cache), or None."""
+    async def lookup(self, key: str, *, namespace: str | None = None) -> Attachment | None:
+        """The live attachment of ``key`` (from the cache), or None. With ``namespace``, the
+        address is (re)admitted to it, as when a restarted daemon adopts a running replica."""
         name = self._name(key)
         cached, state = await asyncio.to_thread(self._probe, key, name)
         if cached is None or state is not NsState.MOUNTED:
             return None
-        return self._attachment(key, cached)
+        attachment = self._attachment(key, cached)
+        if namespace is not None and self.firewall is not None:
+            await self.firewall.admit(attachment.ip, namespace)
+        return attachment
 
     async def list_keys(self) -> set[str]:
         """Keys with a netns, a cached result or an IPAM reservation (for reconciliation)."""
@@ -370,6 +385,8 @@ class FunctionNetwork:
             removed.append(key)
         live = {self._prefix + k for k in keep | set(self._locks)}
         await iptables.remove_masq(self.network, lambda cid: cid.startswith(self._prefix) and cid not in live)
+        if self.firewall is not None:  # the IPAM directory is shared with the core services' network
+            await self.firewall.retain(lambda: set(self._reservations().values()))
         if removed:
             log.info("network: released %d stale attachment(s): %s", len(removed), ", ".join(removed))
         return removed
@@ -378,6 +395,8 @@ class FunctionNetwork:
         """Uninstall (and tests): every key, the bridge, our leftover rules, then the shared CNI
         chains if nobody else has rules in them."""
         await self.gc(set())
+        if self.firewall is not None:
+            await self.firewall.remove()
         await asyncio.to_thread(netns.delete_link, self.bridge)
         self._warm = False
         await iptables.remove_firewall_rules(self.subnet)
@@ -501,6 +520,12 @@ class FunctionNetwork:
             ip = await asyncio.to_thread(self._reserved_ip, name)
             if ip:
                 prev = minimal_result(self._version, f"{ip}/{self._prefixlen}")
+        if prev is not None and self.firewall is not None:
+            address = ""
+            with contextlib.suppress(NetworkError):  # a result without our interface: no address to evict
+                address = parse_result(prev, IFNAME)[0]
+            if address:  # before the DEL frees it: its next owner must not inherit these rights
+                await self.firewall.evict(address)
         if state is NsState.MOUNTED or prev is not None:
             # without the netns, bridge DEL only releases the IP (CNI_NETNS may be empty on DEL)
             ns_arg = netns.path_of(name) if state is NsState.MOUNTED else ""

@@ -53,6 +53,7 @@ from faasd_py.errors import (
 from faasd_py.network.cni import Attachment, FunctionNetwork
 from faasd_py.network.dns import SharedFiles
 from faasd_py.network.portproxy import PortProxy
+from faasd_py.network.tenant_firewall import SHARED, TenantFirewall
 from faasd_py.provider.compose import ComposeFile, ServiceSpec, load_compose
 from faasd_py.provider.log_collector import LogSink, LogTarget
 from faasd_py.runtime.client import ContainerdClient
@@ -135,9 +136,11 @@ def core_netns_prefix(prefix: str) -> str:
     return "core-"
 
 
-def core_network(settings: Settings) -> FunctionNetwork:
+def core_network(settings: Settings, firewall: TenantFirewall | None = None) -> FunctionNetwork:
+    """On the functions' bridge; with the functions' ``firewall``, as the address everyone may reach."""
     net = dataclasses.replace(settings.network, netns_prefix=core_netns_prefix(settings.network.netns_prefix))
-    return FunctionNetwork(net, settings.state_dir / "cni", cache_dir=Path(net.ipam_dir).parent / "core-cni-cache")
+    return FunctionNetwork(net, settings.state_dir / "cni", cache_dir=Path(net.ipam_dir).parent / "core-cni-cache",
+                           firewall=firewall)
 
 
 def capabilities(spec: ServiceSpec) -> tuple[str, ...]:
@@ -438,7 +441,7 @@ class CoreServices:
         task = await self._client.get_task(CORE_NAMESPACE, svc.name)
         if task is None or task.state not in (TaskState.RUNNING, TaskState.PAUSED):
             return False
-        attachment: Attachment | None = await self._network.lookup(svc.name)
+        attachment: Attachment | None = await self._network.lookup(svc.name, namespace=SHARED)
         if attachment is None:
             return False
         if task.state is TaskState.PAUSED:

@@ -176,7 +176,7 @@ class Launcher:
         ns, cid = instance.namespace, instance.id
         undo: list[Callable[[], Awaitable[Any]]] = []
         netns_ready = asyncio.Event()
-        net = asyncio.create_task(self._network.setup(instance.netkey, netns_ready))
+        net = asyncio.create_task(self._network.setup(instance.netkey, netns_ready, namespace=instance.namespace))
         undo.append(lambda: self._network.teardown(instance.netkey))
         try:
             snapshotter = self._settings.snapshotter
@@ -275,7 +275,7 @@ class Launcher:
         try:
             await self.stop_task(instance, grace=0)
             netns_ready = asyncio.Event()
-            net = asyncio.create_task(self._network.setup(instance.netkey, netns_ready))
+            net = asyncio.create_task(self._network.setup(instance.netkey, netns_ready, namespace=instance.namespace))
             try:
                 mounts = await self._client.snapshot_mounts(instance.namespace, instance.id, self._settings.snapshotter)
                 if clear_stale_lock(mounts, instance.tmpdir):
@@ -294,7 +294,7 @@ class Launcher:
 
     async def adopt(self, instance: Instance) -> bool:
         """Reattach to a task that kept running while the daemon was away; False if it cannot be."""
-        attachment = await self._network.lookup(instance.netkey)
+        attachment = await self._network.lookup(instance.netkey, namespace=instance.namespace)
         if attachment is None:
             return False
         instance.ip = attachment.ip

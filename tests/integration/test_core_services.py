@@ -34,7 +34,8 @@ from faasd_py.credentials import NATS_TOKEN_VARIABLE
 from faasd_py.network import netns
 from faasd_py.network.cni import FunctionNetwork
 from faasd_py.network.dns import SharedFiles
-from faasd_py.provider.core_services import CORE_NAMESPACE, CoreServices, core_netns_prefix
+from faasd_py.network.tenant_firewall import SHARED, TenantFirewall
+from faasd_py.provider.core_services import CORE_NAMESPACE, CoreServices, core_netns_prefix, core_network
 from faasd_py.provider.log_collector import LogCollector
 from faasd_py.runtime.client import ContainerdClient
 from faasd_py.runtime.images import ImageService
@@ -61,13 +62,15 @@ class Core:
     shared: SharedFiles
     logs: LogCollector
     ports: dict[str, int]
+    firewall: TenantFirewall
 
     made: list[CoreServices] = field(default_factory=list)
 
     def services(self, env: dict[str, str] | None = None) -> CoreServices:
         """A new "daemon" (its supervisors stop at module teardown even when the test failed)."""
         env = {NATS_TOKEN_VARIABLE: NATS_TOKEN, **(env or {})}  # as the daemon hands it over
-        services = CoreServices(self.settings, self.client, self.images, self.shared, logs=self.logs, env=env)
+        services = CoreServices(self.settings, self.client, self.images, self.shared, logs=self.logs, env=env,
+                                network=core_network(self.settings, self.firewall))
         self.made.append(services)
         return services
 
@@ -116,7 +119,9 @@ async def core(testenv: TestEnv, tmp_path_factory: pytest.TempPathFactory) -> As
     (settings.state_dir / "prometheus.yml").write_text(yaml.safe_dump(prom))
     shutil.copy(REPO / "nats.conf", settings.state_dir / "nats.conf")
     write_compose(settings.compose_path, shipped_compose(ports))
-    made = Core(settings, client, images, shared, logs, ports)
+    firewall = TenantFirewall(settings.network.bridge)  # as the daemon shares it with its functions
+    await firewall.start()
+    made = Core(settings, client, images, shared, logs, ports, firewall)
     try:
         yield made
     finally:
@@ -203,6 +208,8 @@ async def test_core_services_lifecycle(core: Core) -> None:
     assert set(hosts) == {"nats", "prometheus"}
     assert all(ipaddress.ip_address(ip) in subnet for ip in hosts.values())
     assert hosts["nats"] == status["nats"].ip
+    # every namespace's functions may reach them: admitted to the firewall's shared set
+    assert core.firewall.members() == {status["nats"].ip: SHARED, status["prometheus"].ip: SHARED}
     # the data volume was created for the service's user (nobody)
     assert (core.settings.state_dir / "nats").stat().st_uid == 65534
 
@@ -351,6 +358,7 @@ async def test_core_services_lifecycle(core: Core) -> None:
     assert core.shared.hosts() == {}
     assert await services.network.list_keys() == set()
     assert core_netns(core.settings) == []
+    assert core.firewall.members() == {}  # evicted before their addresses were released
     for port in (ports["nats"], ports["prometheus"]):
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.1", port)

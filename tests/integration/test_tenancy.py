@@ -5,19 +5,25 @@ a function really reads from its mounts.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from faasd_py.network.tenant_firewall import parse_members, table_name
 from faasd_py.runtime.client import ContainerdClient
 from faasd_py.types import DEFAULT_NAMESPACE
 from tests.infra import TestEnv
+from tests.integration.conftest import PushedImages
 from tests.integration.daemon_harness import DaemonHandle, Inspector, function_body, proc_mounts
 from tests.integration.fn_images import build_and_push
 
@@ -406,3 +412,87 @@ async def test_functions_and_secrets_live_per_namespace(
     assert (await inspect.instance("fn")).id == default_fn.id
     with contextlib.suppress(FileNotFoundError):
         assert not list((daemon.settings.state_dir / "function-secrets" / TEAM).iterdir())
+
+
+# --- network isolation between namespaces ----------------------------------------------------------
+
+PROBE = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], 8080), timeout=float(sys.argv[2])).close()
+    print("open")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def reaches(pid: int, address: str, timeout: float = 1.0) -> bool:
+    """Whether a TCP connection from inside the task's network namespace to address:8080 opens."""
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", PROBE, address, str(timeout)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out in ("open", "TimeoutError", "ConnectionRefusedError", "OSError"), out
+    return out == "open"
+
+
+def link_local(pid: int) -> str | None:
+    """The task's IPv6 link-local address once duplicate address detection is over (a tentative
+    one refuses connections whatever the firewall does); None if IPv6 is off there."""
+    for _ in range(50):
+        out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-6", "-o", "addr", "show", "dev", "eth0",
+                              "scope", "link", "-tentative"], capture_output=True, text=True, check=True).stdout.split()
+        if "inet6" in out:
+            return f"{out[out.index('inet6') + 1].split('/')[0]}%eth0"
+        time.sleep(0.1)
+    return None
+
+
+def firewall_sets(daemon: DaemonHandle) -> dict[str, str]:
+    listing = subprocess.run(["nft", "-j", "list", "table", "inet", table_name(daemon.settings.network.bridge)],
+                             capture_output=True, text=True, check=True).stdout
+    return parse_members(listing)
+
+
+async def where(inspect: Inspector, name: str, namespace: str = DEFAULT_NAMESPACE) -> tuple[int, str]:
+    """(pid, ip) of a one-replica function's task."""
+    c = await inspect.instance(name, namespace)
+    task = await inspect.client.get_task(namespace, c.id)
+    assert task is not None
+    [ip] = [ip for ip, owner in inspect.ipam().items() if owner == inspect.netns_name(namespace, c.id)]
+    return task.pid, ip
+
+
+async def test_functions_reach_their_own_namespace_only(
+    daemon: DaemonHandle, inspect: Inspector, images: PushedImages, clean: None
+) -> None:
+    await create_namespace(daemon, TEAM)
+    await daemon.deploy_ok(function_body("iso-a1", images["echo"]))
+    await daemon.deploy_ok(function_body("iso-a2", images["echo"]))
+    await daemon.deploy_ok(function_body("iso-b1", images["echo"], namespace=TEAM))
+    (a1, a1_ip), (a2, a2_ip), (b1, b1_ip) = [await where(inspect, n, ns) for n, ns in
+                                             (("iso-a1", DEFAULT_NAMESPACE), ("iso-a2", DEFAULT_NAMESPACE),
+                                              ("iso-b1", TEAM))]
+    assert firewall_sets(daemon) == {a1_ip: DEFAULT_NAMESPACE, a2_ip: DEFAULT_NAMESPACE, b1_ip: TEAM}
+
+    async def check() -> None:
+        assert await asyncio.to_thread(reaches, a1, a2_ip)  # same namespace: open
+        assert await asyncio.to_thread(reaches, a2, a1_ip)
+        assert not await asyncio.to_thread(reaches, a1, b1_ip)  # across namespaces: dropped, both ways
+        assert not await asyncio.to_thread(reaches, b1, a2_ip)
+        # IPv6 link-local would go around the address sets (the watchdog listens on [::]): dropped too
+        b1_v6 = await asyncio.to_thread(link_local, b1)
+        if b1_v6 is not None:
+            assert not await asyncio.to_thread(reaches, a1, b1_v6)
+        # the gateway (on the host, not bridged) still reaches all of them
+        for name in ("iso-a1", "iso-a2", f"iso-b1.{TEAM}"):
+            assert (await daemon.invoke(name, b"hi"))[0] == 200
+
+    await check()
+    # a restarted daemon keeps enforcing (and takes over) the same sets
+    await daemon.stop()
+    assert firewall_sets(daemon) == {a1_ip: DEFAULT_NAMESPACE, a2_ip: DEFAULT_NAMESPACE, b1_ip: TEAM}
+    await daemon.start()
+    await check()
+    # a removed replica's address leaves its set before CNI hands it to anyone else
+    assert (await daemon.remove("iso-b1", TEAM))[0] == 202
+    assert await inspect.settled("iso-b1", TEAM) == []
+    assert firewall_sets(daemon) == {a1_ip: DEFAULT_NAMESPACE, a2_ip: DEFAULT_NAMESPACE}
