@@ -115,6 +115,8 @@ async def build(settings: Settings) -> Daemon:
     if settings.network.isolate_namespaces:
         network.firewall = TenantFirewall(network.bridge)
         await network.firewall.start()  # before any replica is wired or adopted
+    else:
+        await TenantFirewall(network.bridge).remove()  # one from when it was on would go stale
     # One helper process drains every function's FIFOs, also with journald off (then it only
     # drains): reading the pipes here would wake this loop on every line a function writes.
     collector = LogHelper(settings.run_dir / "fifo", journald=settings.journald)

@@ -159,6 +159,7 @@ class TenantFirewall:
             self.problem = await asyncio.to_thread(_enable_bridge_filtering)
         if not self.active:
             log.warning("namespaces are NOT isolated from each other on %s: %s", self.bridge, self.problem)
+            await self.remove()  # an earlier table would go stale: new replicas cut off, reused addresses
             return
         rc, listing = await _nft("-j", "list", "table", "inet", self.table)
         if rc == 0:
@@ -168,6 +169,7 @@ class TenantFirewall:
         except NetworkError as exc:
             self.problem = exc.message
             log.warning("namespaces are NOT isolated from each other on %s: %s", self.bridge, self.problem)
+            await self.remove()
 
     async def admit(self, ip: str, namespace: str) -> None:
         """``ip`` may talk to its namespace (``SHARED``: to everyone) from now on."""
@@ -201,7 +203,8 @@ class TenantFirewall:
         return dict(self._members)
 
     async def remove(self) -> None:
-        """Uninstall (and tests): the table goes; isolation ends."""
+        """The table goes and isolation ends: on uninstall, and whenever it is off (a table left from
+        when it was on would keep stale rights for addresses CNI hands out again)."""
         self._members.clear()
         if shutil.which(NFT) is not None:
             await _nft("delete", "table", "inet", self.table)

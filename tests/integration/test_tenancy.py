@@ -496,3 +496,18 @@ async def test_functions_reach_their_own_namespace_only(
     assert (await daemon.remove("iso-b1", TEAM))[0] == 202
     assert await inspect.settled("iso-b1", TEAM) == []
     assert firewall_sets(daemon) == {a1_ip: DEFAULT_NAMESPACE, a2_ip: DEFAULT_NAMESPACE}
+
+    # turned off, the table goes (stale sets would cut off new replicas and let reused addresses
+    # keep their old namespace's rights); turned on again, it is rebuilt from the running replicas
+    daemon.settings.network.isolate_namespaces = False
+    try:
+        await daemon.stop()
+        await daemon.start()
+        with pytest.raises(subprocess.CalledProcessError):
+            firewall_sets(daemon)
+    finally:
+        daemon.settings.network.isolate_namespaces = True
+        await daemon.stop()
+        await daemon.start()
+    assert firewall_sets(daemon) == {a1_ip: DEFAULT_NAMESPACE, a2_ip: DEFAULT_NAMESPACE}
+    assert await asyncio.to_thread(reaches, a1, a2_ip)
