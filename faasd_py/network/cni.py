@@ -307,14 +307,14 @@ class FunctionNetwork:
         return netns.path_of(self._name(key))
 
     async def setup(self, key: str, netns_ready: asyncio.Event | None = None, *,
-                    namespace: str = SHARED) -> Attachment:
+                    namespace: str | None = SHARED) -> Attachment:
         """Wire ``key``; idempotent: an intact earlier attachment is returned as it is (a restarted
         daemon finds its running functions this way), leftovers of a broken one are released first.
 
         ``netns_ready`` is set as soon as the namespace exists, before the CNI plugins run: a task
         can be created in it meanwhile (the plugins then take ~45 ms in parallel with runc).
         ``namespace``: whose peers the address may reach (the firewall); the default, SHARED, is
-        a core service's, which everyone may reach.
+        a core service's, which everyone may reach; None: no one on the bridge (the host can).
         """
         name = self._name(key)
         async with self._locked(key):
@@ -337,8 +337,7 @@ class FunctionNetwork:
                         raise
                     log.warning("network %s: stale IPAM reservation released, retrying", key)
                     attachment = await self._wire(key, name, netns_ready)
-            if self.firewall is not None:
-                await self.firewall.admit(attachment.ip, namespace)  # on failure the caller tears down
+            await self._place(attachment.ip, namespace)  # on failure the caller tears down
             return attachment
 
     async def teardown(self, key: str) -> None:
@@ -353,15 +352,14 @@ class FunctionNetwork:
             log.debug("network %s: teardown in %.1f ms", key, (time.perf_counter() - t0) * 1000)
 
     async def lookup(self, key: str, *, namespace: str | None = None) -> Attachment | None:
-        """The live attachment of ``key`` (from the cache), or None. With ``namespace``, the
-        address is (re)admitted to it, as when a restarted daemon adopts a running replica."""
+        """The live attachment of ``key`` (from the cache), or None. Its address is placed in the
+        firewall as :meth:`setup` does, since a restarted daemon adopts running replicas this way."""
         name = self._name(key)
         cached, state = await asyncio.to_thread(self._probe, key, name)
         if cached is None or state is not NsState.MOUNTED:
             return None
         attachment = self._attachment(key, cached)
-        if namespace is not None and self.firewall is not None:
-            await self.firewall.admit(attachment.ip, namespace)
+        await self._place(attachment.ip, namespace)
         return attachment
 
     async def list_keys(self) -> set[str]:
@@ -404,6 +402,13 @@ class FunctionNetwork:
         await asyncio.to_thread(self._wipe_state)
 
     # --- internals ----------------------------------------------------------------------------
+
+    async def _place(self, ip: str, namespace: str | None) -> None:
+        if self.firewall is not None:
+            if namespace is None:
+                await self.firewall.evict(ip)
+            else:
+                await self.firewall.admit(ip, namespace)
 
     def _name(self, key: str) -> str:
         return self._prefix + netns.check_key(key)

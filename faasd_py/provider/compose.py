@@ -37,6 +37,7 @@ SERVICE_KEYS = frozenset({
     "ports", "restart", "stop_grace_period",
 })
 TOP_KEYS = frozenset({"version", "services", "name"})
+PRIVATE_KEY = "x-faasd-py-private"  # an extension key (x-*), which other compose tools ignore
 _NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _RESERVED_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback", *GATEWAY_NAMES})
 _VAR_RE = re.compile(
@@ -95,6 +96,8 @@ class ServiceSpec:
     ports: tuple[PortMapping, ...] = ()
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     stop_grace_period: float = DEFAULT_STOP_GRACE
+    # x-faasd-py-private: functions cannot connect to it (namespace isolation); the host still can
+    private: bool = False
 
     def argv(self, image_entrypoint: tuple[str, ...], image_cmd: tuple[str, ...]) -> list[str]:
         """Docker's rule: ``command`` replaces the image's Cmd, ``entrypoint`` its Entrypoint, and
@@ -251,8 +254,15 @@ def _service(name: str, body: Any, ctx: _Context) -> ServiceSpec:
         ports=tuple(parse_port(p, ctx, where) for p in _list(body.get("ports"), ctx, f"{where}.ports")),
         restart=_restart(body.get("restart", DEFAULT_RESTART), ctx, where),
         stop_grace_period=_grace(body.get("stop_grace_period"), ctx, where),
+        private=_flag(body.get(PRIVATE_KEY, False), f"{where}.{PRIVATE_KEY}", ctx),
     )
     return spec
+
+
+def _flag(value: Any, what: str, ctx: _Context) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise InvalidRequest(f"{ctx.where}: {what} must be true or false, got {value!r}")
 
 
 def _list(value: Any, ctx: _Context, what: str) -> list[Any]:

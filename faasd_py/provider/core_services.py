@@ -143,6 +143,11 @@ def core_network(settings: Settings, firewall: TenantFirewall | None = None) -> 
                            firewall=firewall)
 
 
+def _reach(spec: ServiceSpec) -> str | None:
+    """Who on the bridge may connect to the service: every namespace, or (private) no one."""
+    return None if spec.private else SHARED
+
+
 def capabilities(spec: ServiceSpec) -> tuple[str, ...]:
     """Docker's rule: the default set, plus cap_add, minus cap_drop (``ALL`` in either works)."""
     base = list(DEFAULT_CAPABILITIES)
@@ -355,7 +360,7 @@ class CoreServices:
         """Snapshot + container + network + task; everything rolled back on failure."""
         ns, name, snapshotter = CORE_NAMESPACE, svc.name, self._settings.snapshotter
         undo: list[Callable[[], Awaitable[Any]]] = []
-        net = asyncio.create_task(self._network.setup(name))
+        net = asyncio.create_task(self._network.setup(name, namespace=_reach(svc.spec)))
         undo.append(lambda: self._network.teardown(name))
         try:
             mounts = await self._client.prepare_snapshot(ns, name, image.chain_id, snapshotter,
@@ -441,7 +446,7 @@ class CoreServices:
         task = await self._client.get_task(CORE_NAMESPACE, svc.name)
         if task is None or task.state not in (TaskState.RUNNING, TaskState.PAUSED):
             return False
-        attachment: Attachment | None = await self._network.lookup(svc.name, namespace=SHARED)
+        attachment: Attachment | None = await self._network.lookup(svc.name, namespace=_reach(svc.spec))
         if attachment is None:
             return False
         if task.state is TaskState.PAUSED:
@@ -455,7 +460,7 @@ class CoreServices:
     async def _restart_task(self, svc: _Service) -> None:
         """A new task in the existing container: same writable layer, same netns and IP."""
         await self._stop_task(svc.name, grace=0)
-        attachment = await self._network.setup(svc.name)
+        attachment = await self._network.setup(svc.name, namespace=_reach(svc.spec))
         svc.ip = attachment.ip
         mounts = await self._client.snapshot_mounts(CORE_NAMESPACE, svc.name, self._settings.snapshotter)
         await self._start_task(svc, mounts)

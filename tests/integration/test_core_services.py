@@ -208,8 +208,8 @@ async def test_core_services_lifecycle(core: Core) -> None:
     assert set(hosts) == {"nats", "prometheus"}
     assert all(ipaddress.ip_address(ip) in subnet for ip in hosts.values())
     assert hosts["nats"] == status["nats"].ip
-    # every namespace's functions may reach them: admitted to the firewall's shared set
-    assert core.firewall.members() == {status["nats"].ip: SHARED, status["prometheus"].ip: SHARED}
+    # every namespace's functions may reach NATS (the shared set); Prometheus is private (no set)
+    assert core.firewall.members() == {status["nats"].ip: SHARED}
     # the data volume was created for the service's user (nobody)
     assert (core.settings.state_dir / "nats").stat().st_uid == 65534
 
@@ -321,6 +321,7 @@ async def test_core_services_lifecycle(core: Core) -> None:
     # removed one goes, the others are untouched
     compose["web"]["environment"]["GREETING"] = "hello"
     del compose["broken"]
+    compose["nats"]["x-faasd-py-private"] = True  # nothing in the container changes: kept, but evicted
     write_compose(core.settings.compose_path, compose)
     with (core.settings.state_dir / "prometheus.yml").open("a") as f:
         f.write("# edited\n")
@@ -329,6 +330,7 @@ async def test_core_services_lifecycle(core: Core) -> None:
     assert await core.pid("web") != web_pid
     assert await core.pid("prometheus") != pids["prometheus"]
     assert await core.pid("nats") == pids["nats"]
+    assert core.firewall.members() == {status_of(services)["web"].ip: SHARED}
     assert [s.name for s in services.status()] == ["nats", "prometheus", "web"]
     code, _ = await eventually(lambda: http_get(f"http://127.0.0.1:{ports['web']}/"), "web recreated")
     assert code == 200

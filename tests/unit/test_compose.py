@@ -56,6 +56,8 @@ def test_shipped_compose_file_parses_with_nats_and_prometheus() -> None:
     assert prom.volumes[0].read_only and prom.volumes[0].source == str(REPO / "prometheus.yml")
     assert (REPO / "prometheus.yml").is_file()
     assert prom.restart == RestartPolicy("always") and nats.user == "65534:65534"
+    # functions may use NATS (with its token) but cannot read every namespace's metrics
+    assert (nats.private, prom.private) == (False, True)
 
 
 def test_the_shipped_compose_file_will_not_start_nats_without_the_token() -> None:
@@ -308,3 +310,10 @@ def test_docs_list_every_supported_key() -> None:
     for cell in re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)*) \|", text, flags=re.MULTILINE):
         documented |= set(re.findall(r"`([a-z_]+)`", cell))
     assert documented >= SERVICE_KEYS, SERVICE_KEYS - documented
+
+
+def test_a_private_service_must_say_true_or_false() -> None:
+    assert services("services:\n  db:\n    image: x\n    x-faasd-py-private: true\n")["db"].private
+    assert not services("services:\n  db:\n    image: x\n")["db"].private
+    with pytest.raises(InvalidRequest, match="x-faasd-py-private must be true or false, got 'yes'"):
+        services("services:\n  db:\n    image: x\n    x-faasd-py-private: 'yes'\n")
