@@ -142,7 +142,7 @@ async def build(settings: Settings) -> Daemon:
     core = CoreServices(settings, client, images, shared, network=core_network(settings, network.firewall),
                         logs=collector, env={**os.environ, NATS_TOKEN_VARIABLE: token})
     return Daemon(settings, client, registry, functions, network, collector, provider, core, app, metrics,
-                  build_metrics_app(metrics, settings), queue)
+                  build_metrics_app(metrics, settings, lambda: {s.ip for s in core.status() if s.ip}), queue)
 
 
 async def run(settings: Settings) -> None:

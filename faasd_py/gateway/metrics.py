@@ -18,15 +18,18 @@ OpenMetrics format has no counter without ``_total``.
 
 from __future__ import annotations
 
+import ipaddress
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from faasd_py.config import Settings
 from faasd_py.gateway.keys import SETTINGS
+from faasd_py.network.dns import gateway_ip
 from faasd_py.provider.usage import FunctionSample
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # prometheus.DefBuckets
@@ -136,9 +139,30 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def build_metrics_app(metrics: GatewayMetrics, settings: Settings) -> web.Application:
-    """``GET /metrics`` and ``GET /healthz``: what the OpenFaaS gateway serves on 8082 (no auth)."""
-    app = web.Application()
+def build_metrics_app(metrics: GatewayMetrics, settings: Settings,
+                      core_addresses: Callable[[], Collection[str]] = frozenset) -> web.Application:
+    """``GET /metrics`` and ``GET /healthz``: what the OpenFaaS gateway serves on 8082 (no auth).
+
+    Not to functions, though: the listener is also on the bridge (for the prometheus core
+    service), and the metrics list every namespace's functions and invocation counts. A client
+    from the functions' subnet gets a 403 unless it is the host itself or a core service
+    (``core_addresses``).
+    """
+    subnet = ipaddress.ip_network(settings.network.subnet, strict=False)
+    host = gateway_ip(settings.network.subnet)
+
+    @web.middleware
+    async def not_to_functions(request: web.Request, handler: Handler) -> web.StreamResponse:
+        remote = request.remote or ""
+        try:
+            from_functions = ipaddress.ip_address(remote) in subnet
+        except ValueError:
+            from_functions = False  # a unix socket or the like: not a function
+        if from_functions and remote != host and remote not in core_addresses():
+            return web.Response(status=403, text="the gateway's metrics are not served to functions\n")
+        return await handler(request)
+
+    app = web.Application(middlewares=[not_to_functions])
     app[SETTINGS] = settings
 
     async def scrape(request: web.Request) -> web.Response:

@@ -313,7 +313,8 @@ def _tail(log: Path) -> str:
 
 
 async def test_kill_9_of_the_daemon_process_loses_nothing(
-    adaemon: DaemonHandle, images: PushedImages, natsd: NatsServer, receiver: Receiver, testenv: TestEnv
+    adaemon: DaemonHandle, images: PushedImages, natsd: NatsServer, receiver: Receiver, testenv: TestEnv,
+    ainspect: Inspector,
 ) -> None:
     """The real thing: ``faasd-py up`` as a process, SIGKILLed while the function runs."""
     await adaemon.deploy_ok(function_body("akill", images["sleep"]))
@@ -355,6 +356,13 @@ async def test_kill_9_of_the_daemon_process_loses_nothing(
         async with aiohttp.ClientSession() as s, s.get(bridge + "/metrics") as r:
             assert r.status == 200
             assert 'gateway_function_invocation_started{function_name="akill.openfaas-fn"} 1' in await r.text()
+        # ... but not to the functions, which reach that address too: it lists every namespace's functions
+        pid = (await ainspect.task("akill")).pid
+        fetch = f"import urllib.request as u, urllib.error as e\ntry: u.urlopen('{bridge}/metrics', timeout=5)\n" \
+                "except e.HTTPError as x: print(x.code)"
+        got = await asyncio.to_thread(subprocess.run, ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", fetch],
+                                      capture_output=True, text=True, check=True)
+        assert got.stdout.strip() == "403", got
     finally:
         if second is not None and second.poll() is None:
             second.send_signal(signal.SIGTERM)

@@ -138,3 +138,33 @@ async def test_serve_also_listens_on_addresses_that_may_not_exist_yet(tmp_path: 
         assert len(runner.addresses) == 3
     finally:
         await runner.cleanup()
+
+
+async def test_functions_are_refused_the_metrics_but_the_host_and_core_services_are_not(tmp_path: Path) -> None:
+    """The listener is on the bridge too, and the metrics name every namespace's functions. Here
+    the "functions' subnet" is 127.0.0.0/24, so a loopback client stands for a function."""
+    import aiohttp
+
+    from faasd_py.config import NetworkSettings
+    from faasd_py.gateway.app import serve
+    from tests.infra import free_port
+
+    core: set[str] = set()
+    port = free_port()
+    settings = Settings(state_dir=tmp_path, network=NetworkSettings(subnet="127.0.0.0/24"))
+    runner = await serve(build_metrics_app(GatewayMetrics(), settings, lambda: core), "127.0.0.1", port,
+                         also=["127.0.0.2", "127.0.1.1"])
+
+    async def status_from(source: str) -> tuple[int, str]:
+        connector = aiohttp.TCPConnector(local_addr=(source, 0))
+        async with aiohttp.ClientSession(connector=connector) as s, s.get(f"http://{source}:{port}/metrics") as r:
+            return r.status, await r.text()
+
+    try:
+        assert await status_from("127.0.0.2") == (403, "the gateway's metrics are not served to functions\n")
+        assert (await status_from("127.0.0.1"))[0] == 200  # the bridge's own address: the host
+        assert (await status_from("127.0.1.1"))[0] == 200  # outside the subnet (metrics_host 0.0.0.0)
+        core.add("127.0.0.2")  # a core service (prometheus) at that address
+        assert (await status_from("127.0.0.2"))[0] == 200
+    finally:
+        await runner.cleanup()
