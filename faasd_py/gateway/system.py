@@ -284,7 +284,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     )
     # A reader that fails at once (journalctl exiting with an error) does so before the first
     # message: wait briefly for that, so the failure is a 500 with its reason, not an empty 200.
-    first = asyncio.ensure_future(_first(messages))
+    first: asyncio.Future[LogMessage | None] = asyncio.ensure_future(anext(messages, None))
     try:
         await asyncio.wait((first,), timeout=FIRST_MESSAGE_WAIT)
         if first.done() and (failure := first.exception()) is not None:
@@ -321,14 +321,6 @@ async def logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _first(messages: AsyncIterator[LogMessage]) -> LogMessage | None:
-    """The first message, or None if there is none."""
-    try:
-        return await anext(messages)
-    except StopAsyncIteration:
-        return None
-
-
 async def _close(messages: AsyncIterator[LogMessage]) -> None:
     aclose = getattr(messages, "aclose", None)
     if aclose is not None:
@@ -339,11 +331,9 @@ async def _pump(first: asyncio.Future[LogMessage | None], messages: AsyncIterato
                 response: web.StreamResponse, function: str) -> None:
     try:
         message = await first
-        if message is None:
-            return
-        await response.write(json.dumps(message.to_json(), separators=(",", ":")).encode() + b"\n")
-        async for message in messages:
+        while message is not None:
             await response.write(json.dumps(message.to_json(), separators=(",", ":")).encode() + b"\n")
+            message = await anext(messages, None)
     except ConnectionError:
         pass  # the client left
     except FaasdError as exc:  # the status is sent already: end the stream

@@ -12,11 +12,12 @@ these chains. Only abnormal paths (reconciliation, uninstall) call this module.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import shlex
 from collections.abc import Callable
+
+from faasd_py.network.tool import run_tool
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +25,7 @@ IPTABLES = "iptables"
 
 
 async def run(*args: str, table: str = "filter") -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        IPTABLES, "-w", "-t", table, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    rc = proc.returncode if proc.returncode is not None else -1
-    return rc, (out if rc == 0 else err).decode(errors="replace")
+    return await run_tool(IPTABLES, "-w", "-t", table, *args)
 
 
 async def list_rules(chain: str, table: str = "filter") -> list[list[str]] | None:

@@ -21,6 +21,7 @@ address never inherits another namespace's rights.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import shutil
@@ -29,6 +30,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from faasd_py.errors import NetworkError
+from faasd_py.network.tool import run_tool
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def render(bridge: str, members: Mapping[str, str]) -> str:
         by_namespace.setdefault(namespace, []).append(ip)
     lines = [f"table inet {table}", f"delete table inet {table}", f"table inet {table} {{"]
     for namespace in sorted(by_namespace):
-        ips = sorted(by_namespace[namespace], key=lambda a: tuple(int(p) for p in a.split(".")))
+        ips = sorted(by_namespace[namespace], key=ipaddress.IPv4Address)
         elements = f" elements = {{ {', '.join(ips)} }};" if ips else ""
         lines.append(f"  set {set_name(namespace)} {{ type ipv4_addr;{elements} }}")
     lines += [
@@ -109,13 +111,8 @@ def parse_members(listing: str) -> dict[str, str]:
 
 
 async def _nft(*args: str, script: str | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        NFT, *args, stdin=asyncio.subprocess.PIPE if script is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(script.encode() if script is not None else None)
-    rc = proc.returncode if proc.returncode is not None else -1
-    return rc, (out if rc == 0 else err).decode(errors="replace").strip()
+    rc, text = await run_tool(NFT, *args, stdin=script)
+    return rc, text.strip()
 
 
 def _enable_bridge_filtering() -> str:
