@@ -10,6 +10,7 @@ import asyncio
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -19,6 +20,7 @@ from faasd_py.gateway import system
 from faasd_py.gateway.alert import handle_alert
 from faasd_py.gateway.async_invoke import AsyncInvoke, Enqueuer
 from faasd_py.gateway.auth import Credentials
+from faasd_py.gateway.front import Front
 from faasd_py.gateway.invoke import InvokeProxy
 from faasd_py.gateway.keys import CREDENTIALS, LOG_STREAMS, PROVIDER, SETTINGS, InvocationHook, StartHook
 from faasd_py.gateway.middlewares import auth_middleware, errors_middleware
@@ -130,25 +132,81 @@ def _freebind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: web.Application, host: str, port: int, *, also: Sequence[str] = ()) -> web.AppRunner:
+class _FrontSite(web.BaseSite):
+    """A listening socket whose connections start with the gateway's own protocol (:mod:`.front`)."""
+
+    __slots__ = ("_factory", "_host", "_port", "_sock")
+
+    def __init__(self, runner: web.BaseRunner, factory: Front, host: str | None = None, port: int = 0,
+                 sock: socket.socket | None = None) -> None:
+        super().__init__(runner)
+        self._factory = factory
+        self._host = host
+        self._port = port
+        self._sock = sock
+
+    @property
+    def name(self) -> str:
+        if self._sock is not None:
+            host, port = self._sock.getsockname()[:2]
+            return f"http://{host}:{port}"
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            self._server = await loop.create_server(self._factory, sock=self._sock)
+        else:
+            self._server = await loop.create_server(self._factory, self._host, self._port)
+
+
+class _GatewayRunner(web.AppRunner):
+    """Shutdown also drains the connections the front still owns, with the same grace as aiohttp's."""
+
+    def __init__(self, app: web.Application, front: Front | None, grace: float, **kwargs: Any) -> None:
+        super().__init__(app, shutdown_timeout=grace, **kwargs)
+        self.front = front
+        self._grace = grace
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        if self.front is not None:
+            await self.front.shutdown(self._grace)
+
+
+async def serve(
+    app: web.Application, host: str, port: int, *, also: Sequence[str] = (), front: bool = True
+) -> web.AppRunner:
     """Listen on host:port; ``await runner.cleanup()`` stops accepting, then waits for in-flight calls.
 
     In-flight invocations get up to the upstream timeout to finish; log followers are ended at once.
     Handlers are cancelled when their client disconnects, which aborts the upstream call too.
     ``also``: more addresses for the same port, bound even before they exist (IP_FREEBIND).
+    ``front``: simple invocations are served by :mod:`faasd_py.gateway.front` (apps with /function/
+    routes only); False leaves every request to aiohttp.
     """
-    grace = app[SETTINGS].timeouts.upstream
+    settings = app[SETTINGS]
+    grace = settings.timeouts.upstream
+    proxy = app.get(INVOKE)
+    entry = Front(proxy, settings.timeouts.read, settings.max_invoke_body) if front and proxy is not None else None
     # auto_decompress=False: request bodies stay as sent, as in the Go gateway. aiohttp would otherwise
     # inflate a gzip body that the proxy then forwards, cut at the compressed Content-Length, still
     # labelled Content-Encoding: gzip (a corrupted body), and a bad gzip body would be a 500.
     # keepalive_timeout also bounds a connection whose request head never completes (slowloris)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None,
-                           auto_decompress=False, keepalive_timeout=app[SETTINGS].timeouts.read)
+    runner = _GatewayRunner(app, entry, grace, handler_cancellation=True, access_log=None,
+                            auto_decompress=False, keepalive_timeout=settings.timeouts.read)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
-        for extra in also:
-            await web.SockSite(runner, _freebind_socket(extra, port)).start()
+        if entry is None:
+            await web.TCPSite(runner, host, port).start()
+            for extra in also:
+                await web.SockSite(runner, _freebind_socket(extra, port)).start()
+        else:
+            entry.handler_factory = runner.server
+            await _FrontSite(runner, entry, host, port).start()
+            for extra in also:
+                await _FrontSite(runner, entry, sock=_freebind_socket(extra, port)).start()
     except BaseException:
         await asyncio.shield(runner.cleanup())
         raise

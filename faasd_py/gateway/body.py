@@ -15,7 +15,7 @@ from aiohttp import StreamReader, web
 from faasd_py.errors import RequestTimeout
 
 
-def _stalled(timeout: float) -> RequestTimeout:
+def stalled(timeout: float) -> RequestTimeout:
     return RequestTimeout(f"the request body stopped arriving: nothing received for {timeout:g} s")
 
 
@@ -27,7 +27,7 @@ async def next_chunk(content: StreamReader, timeout: float) -> bytes:
         async with asyncio.timeout(timeout):
             return await content.readany()
     except TimeoutError:
-        raise _stalled(timeout) from None
+        raise stalled(timeout) from None
 
 
 async def read_exactly(content: StreamReader, size: int, timeout: float) -> bytes:

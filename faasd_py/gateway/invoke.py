@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import AsyncIterable, Iterable
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +25,7 @@ from faasd_py.config import Settings
 from faasd_py.errors import NotFound, RequestTimeout, Unavailable
 from faasd_py.gateway.body import next_chunk, read_exactly, send_and_close
 from faasd_py.gateway.keys import InvocationHook, StartHook
-from faasd_py.gateway.upstream import HOP_BY_HOP, Pool, UpstreamError
+from faasd_py.gateway.upstream import HOP_BY_HOP, Connection, Pool, Response, UpstreamError
 from faasd_py.provider.contract import Endpoint, Functions
 from faasd_py.provider.queue import InvocationResult, QueuedCall
 from faasd_py.types import DEFAULT_NAMESPACE
@@ -38,7 +39,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {"host", "expect", "content-length", "x-start-time
 # Bodies up to this size are read at once and sent with the head in one write; larger ones stream.
 SMALL_BODY = 64 * 1024
 INTERNAL_HEADER = "X-OpenFaaS-Internal"
-_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Methods that may be re-sent when a pooled connection turns out to be closed (RFC 9110 §9.2.2).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -101,6 +102,81 @@ def _connection_tokens(value: str) -> frozenset[str]:
     return frozenset(t.strip().lower() for t in value.split(","))
 
 
+class ProxyFailure(Exception):
+    """An answer the gateway gives itself (no replica, unreachable, too slow), marked ``X-OpenFaaS-Internal``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def request_head(
+    method: str, target: str, endpoint: Endpoint, headers: Iterable[tuple[str, str]], remote: str | None,
+    host: str | None, call_id: str | None = None,
+) -> tuple[list[str], str, str]:
+    """The watchdog's request head without framing or the final blank line, as lines.
+
+    Returns the lines, the call id the function sees (the client's own X-Call-Id wins) and the
+    X-Start-Time it was given. Hop-by-hop headers, and those a ``Connection`` header lists, stay here.
+    """
+    pairs = headers if isinstance(headers, list) else list(headers)
+    drop = _NOT_FORWARDED
+    for k, v in pairs:
+        if k.lower() == "connection":
+            drop = drop | _connection_tokens(v)
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {endpoint.host}:{endpoint.port}\r\n"]
+    seen_call_id: str | None = None
+    forwarded_for = forwarded_host = False
+    for k, v in pairs:
+        lower = k.lower()
+        if lower in drop:
+            continue
+        lines.append(f"{k}: {v}\r\n")
+        if lower == "x-call-id":
+            if seen_call_id is None:
+                seen_call_id = v
+        elif lower == "x-forwarded-for":
+            forwarded_for = True
+        elif lower == "x-forwarded-host":
+            forwarded_host = True
+    if seen_call_id is None:
+        seen_call_id = call_id or new_call_id()
+        lines.append(f"X-Call-Id: {seen_call_id}\r\n")
+    start_time = str(time.time_ns())
+    lines.append(f"X-Start-Time: {start_time}\r\n")
+    if not forwarded_for and remote:
+        lines.append(f"X-Forwarded-For: {remote}\r\n")
+    if not forwarded_host and host:
+        lines.append(f"X-Forwarded-Host: {host}\r\n")
+    return lines, seen_call_id, start_time
+
+
+def reply_headers(
+    upstream: list[tuple[str, str]], call_id: str, start_time: str, content_type: str | None
+) -> list[tuple[str, str]]:
+    """The watchdog's end-to-end headers plus ours where it set none (its own win, as in OpenFaaS)."""
+    have_call_id = have_start = have_type = False
+    for k, _ in upstream:
+        lower = k.lower()
+        if lower == "x-call-id":
+            have_call_id = True
+        elif lower == "x-start-time":
+            have_start = True
+        elif lower == "content-type":
+            have_type = True
+    if have_call_id and have_start and have_type:
+        return upstream
+    out = list(upstream)
+    if not have_call_id:
+        out.append(("X-Call-Id", call_id))
+    if not have_start:
+        out.append(("X-Start-Time", start_time))
+    if not have_type:
+        out.append(("Content-Type", content_type or "text/plain"))
+    return out
+
+
 class InvokeProxy:
     """The request handler for /function/*, holding the upstream connection pool."""
 
@@ -132,22 +208,43 @@ class InvokeProxy:
         if length is not None and length > self._max_body:
             return _internal_error(413, f"request body larger than {self._max_body} bytes")
         try:
-            endpoint = await self._functions.resolve(name, namespace)
-        except NotFound as exc:
-            return _internal_error(404, exc.message)
-        except Unavailable as exc:
-            return _internal_error(503, exc.message)
-        if self._on_start is not None:
-            self._on_start(name, namespace)
+            endpoint = await self.open(name, namespace)
+        except ProxyFailure as exc:
+            return _internal_error(exc.status, exc.message)
         status = 502
         try:
             response = await self._forward(request, endpoint, name, namespace)
             status = response.status
             return response
         finally:
-            self._functions.release(name, namespace, endpoint)
-            if self._on_invocation is not None:
-                self._on_invocation(name, namespace, status, time.perf_counter() - started)
+            self.finish(name, namespace, endpoint, status, started)
+
+    async def open(self, name: str, namespace: str) -> Endpoint:
+        """The replica a call goes to (a paused function resumes); every call to it must :meth:`finish`."""
+        try:
+            endpoint = await self._functions.resolve(name, namespace)
+        except NotFound as exc:
+            raise ProxyFailure(404, exc.message) from None
+        except Unavailable as exc:
+            raise ProxyFailure(503, exc.message) from None
+        if self._on_start is not None:
+            self._on_start(name, namespace)
+        return endpoint
+
+    def finish(self, name: str, namespace: str, endpoint: Endpoint, status: int, started: float) -> None:
+        self._functions.release(name, namespace, endpoint)
+        if self._on_invocation is not None:
+            self._on_invocation(name, namespace, status, time.perf_counter() - started)
+
+    async def send(
+        self, endpoint: Endpoint, method: str, head: bytes, body: bytes | AsyncIterable[bytes] | None,
+        chunked: bool = False,
+    ) -> tuple[Connection, Response]:
+        """One exchange on a pooled connection, bounded by ``timeouts.upstream``; see :meth:`Pool.request`."""
+        return await self._pool.request(
+            endpoint.host, endpoint.port, head, body, deadline=asyncio.get_running_loop().time() + self._timeout,
+            chunked=chunked, head_only=method == "HEAD", retry_stale=method in _IDEMPOTENT,
+        )
 
     async def _forward(
         self, request: web.Request, endpoint: Endpoint, name: str, namespace: str
@@ -162,31 +259,14 @@ class InvokeProxy:
             target = f"{target}?{query}"
 
         in_headers = request.headers
-        drop = _NOT_FORWARDED
-        connection = in_headers.get("Connection")
-        if connection:
-            drop = drop | _connection_tokens(connection)
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {endpoint.host}:{endpoint.port}\r\n"]
-        for k, v in in_headers.items():
-            if k.lower() not in drop:
-                lines.append(f"{k}: {v}\r\n")
-        call_id = in_headers.get("X-Call-Id")
-        if call_id is None:
-            call_id = new_call_id()
-            lines.append(f"X-Call-Id: {call_id}\r\n")
-        start_time = str(time.time_ns())
-        lines.append(f"X-Start-Time: {start_time}\r\n")
-        if "X-Forwarded-For" not in in_headers:
-            lines.append(f"X-Forwarded-For: {request.remote}\r\n")
-        if "X-Forwarded-Host" not in in_headers:
-            lines.append(f"X-Forwarded-Host: {request.host}\r\n")
-
+        lines, call_id, start_time = request_head(
+            method, target, endpoint, in_headers.items(), request.remote, request.host)
         length = request.content_length
         body: bytes | _CappedBody | None = None
         capped: _CappedBody | None = None
         chunked = False
         if length == 0 or (length is None and not request.body_exists):
-            if method not in _NO_BODY_METHODS:
+            if method not in NO_BODY_METHODS:
                 lines.append("Content-Length: 0\r\n")
         elif length is not None and length <= SMALL_BODY:
             try:
@@ -207,12 +287,8 @@ class InvokeProxy:
         # Header values come from aiohttp's parser (no CR/LF possible); surrogateescape restores raw bytes.
         head = "".join(lines).encode("utf-8", "surrogateescape")
 
-        pool = self._pool
         try:
-            conn, upstream = await pool.request(
-                endpoint.host, endpoint.port, head, body, deadline=asyncio.get_running_loop().time() + self._timeout,
-                chunked=chunked, head_only=method == "HEAD", retry_stale=method in _IDEMPOTENT,
-            )
+            conn, upstream = await self.send(endpoint, method, head, body, chunked)
         except TimeoutError:
             return _internal_error(504, f"timeout calling {name}.{namespace}")
         except RequestTimeout as exc:  # the client's streamed body stalled before the function answered
@@ -227,23 +303,10 @@ class InvokeProxy:
 
         try:
             complete = upstream.body_if_complete()
-            response: web.StreamResponse
+            headers = reply_headers(upstream.headers, call_id, start_time, in_headers.get("Content-Type"))
             if complete is not None:  # the common case: status, headers and body leave in one write
-                response = web.Response(body=complete, status=upstream.status, reason=upstream.reason,
-                                        headers=upstream.headers)
-            else:
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                              headers=upstream.headers)
-            out = response.headers  # end-to-end headers only; the watchdog's win over ours, as in OpenFaaS
-            if "X-Call-Id" not in out:
-                out["X-Call-Id"] = call_id
-            if "X-Start-Time" not in out:
-                out["X-Start-Time"] = start_time
-            if "Content-Type" not in out:
-                out["Content-Type"] = in_headers.get("Content-Type") or "text/plain"
-            if complete is not None:
-                return response
-
+                return web.Response(body=complete, status=upstream.status, reason=upstream.reason, headers=headers)
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             await response.prepare(request)
             try:
                 while chunk := await upstream.read():
@@ -260,7 +323,7 @@ class InvokeProxy:
             await response.write_eof()
             return response
         finally:
-            pool.release(conn)
+            self._pool.release(conn)
 
     # --- queued (async) calls ----------------------------------------------------------------
 
@@ -272,57 +335,29 @@ class InvokeProxy:
         started = time.perf_counter()
         name, namespace = call.name, call.namespace
         try:
-            endpoint = await self._functions.resolve(name, namespace)
-        except NotFound as exc:
-            return _result(404, exc.message, started)
-        except Unavailable as exc:
-            return _result(503, exc.message, started)
-        if self._on_start is not None:
-            self._on_start(name, namespace)
+            endpoint = await self.open(name, namespace)
+        except ProxyFailure as exc:
+            return _result(exc.status, exc.message, started)
         status = 502
         try:
             result = await self._exchange(call, endpoint, started)
             status = result.status
             return result
         finally:
-            self._functions.release(name, namespace, endpoint)
-            if self._on_invocation is not None:
-                self._on_invocation(name, namespace, status, time.perf_counter() - started)
+            self.finish(name, namespace, endpoint, status, started)
 
     async def _exchange(self, call: QueuedCall, endpoint: Endpoint, started: float) -> InvocationResult:
         target = call.path or "/"
         if call.query:
             target = f"{target}?{call.query}"
-        drop = _NOT_FORWARDED
-        present: set[str] = set()
-        for k, v in call.headers:
-            if k.lower() == "connection":
-                drop = drop | _connection_tokens(v)
-        lines = [f"{call.method} {target} HTTP/1.1\r\nHost: {endpoint.host}:{endpoint.port}\r\n"]
-        for k, v in call.headers:
-            lower = k.lower()
-            if lower not in drop:
-                present.add(lower)
-                lines.append(f"{k}: {v}\r\n")
-        if "x-call-id" not in present:
-            lines.append(f"X-Call-Id: {call.call_id}\r\n")
-        lines.append(f"X-Start-Time: {time.time_ns()}\r\n")
-        if "x-forwarded-for" not in present and call.remote:
-            lines.append(f"X-Forwarded-For: {call.remote}\r\n")
-        if "x-forwarded-host" not in present and call.host:
-            lines.append(f"X-Forwarded-Host: {call.host}\r\n")
-        if call.body or call.method not in _NO_BODY_METHODS:
+        lines, _, _ = request_head(call.method, target, endpoint, call.headers, call.remote, call.host,
+                                   call.call_id)
+        if call.body or call.method not in NO_BODY_METHODS:
             lines.append(f"Content-Length: {len(call.body)}\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode("utf-8", "surrogateescape")
-
-        pool = self._pool
         try:
-            conn, upstream = await pool.request(
-                endpoint.host, endpoint.port, head, call.body or None,
-                deadline=asyncio.get_running_loop().time() + self._timeout,
-                head_only=call.method == "HEAD", retry_stale=call.method in _IDEMPOTENT,
-            )
+            conn, upstream = await self.send(endpoint, call.method, head, call.body or None)
         except TimeoutError:
             return _result(504, f"timeout calling {call.key}", started)
         except UpstreamError as exc:
@@ -346,7 +381,7 @@ class InvokeProxy:
             log.debug("upstream %s failed mid-response: %s", call.key, exc or "timeout")
             return _result(502, f"the response of {call.key} broke off", started)
         finally:
-            pool.release(conn)
+            self._pool.release(conn)
 
 
 def _result(status: int, message: str, started: float) -> InvocationResult:

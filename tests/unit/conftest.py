@@ -16,3 +16,9 @@ def journald(tmp_path: Path) -> Iterator[FakeJournald]:
     j = FakeJournald(tmp_path / "journal.sock")
     yield j
     j.close()
+
+
+@pytest.fixture(params=[True, False], ids=["front", "aiohttp"])
+def front(request: pytest.FixtureRequest) -> bool:
+    """Both ways a gateway connection is served: the front protocol's fast path, and aiohttp alone."""
+    return bool(request.param)

@@ -1,6 +1,7 @@
 """Shared set-up for the gateway tests: a gateway on loopback over the fake provider, and watchdogs.
 
-Everything is real HTTP on 127.0.0.1 (aiohttp test servers); only the provider is a fake.
+Everything is real HTTP on 127.0.0.1 (aiohttp test servers, or the daemon's serve()); only the
+provider is a fake.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from faasd_py.config import Settings
-from faasd_py.gateway.app import build_app
+from faasd_py.gateway.app import build_app, serve
 from faasd_py.gateway.auth import Credentials
+from faasd_py.gateway.front import Front
 from faasd_py.gateway.keys import InvocationHook
 from faasd_py.provider.contract import Endpoint
 from faasd_py.types import FunctionDeployment
 from tests.fakes import FakeProvider
+from tests.infra import free_port
 
 USER = "admin"
 PASSWORD = "correct horse battery staple"
@@ -51,7 +55,8 @@ def make_settings(state_dir: Path, **overrides: Any) -> Settings:
 class Gateway:
     provider: FakeProvider
     settings: Settings
-    client: TestClient[web.Request, web.Application]
+    client: TestClient[web.Request, web.Application] | LiveClient
+    front: Front | None = None  # the gateway's front protocol, when serve() started it with one
 
     def deploy(self, name: str, namespace: str = "openfaas-fn", endpoint: Endpoint | None = None) -> None:
         self.provider.fake_functions.add(
@@ -59,19 +64,59 @@ class Gateway:
         )
 
 
+class LiveClient:
+    """The part of aiohttp's TestClient the gateway tests use, against a gateway started by serve()."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._session = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._session.request(method, path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PUT", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+    def head(self, path: str, **kwargs: Any) -> Any:
+        return self.request("HEAD", path, **kwargs)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
 @asynccontextmanager
 async def running_gateway(
-    state_dir: Path, *, on_invocation: InvocationHook | None = None, **overrides: Any
+    state_dir: Path, *, on_invocation: InvocationHook | None = None, front: bool | None = None, **overrides: Any
 ) -> AsyncIterator[Gateway]:
+    """``front`` None: aiohttp's test server; True/False: the daemon's serve(), with or without the front."""
     settings = make_settings(state_dir, **overrides)
     provider = FakeProvider()
     app = build_app(provider, settings, Credentials.load(settings), on_invocation=on_invocation)
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
+    if front is None:
+        client: Any = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        try:
+            yield Gateway(provider, settings, client)
+        finally:
+            await client.close()
+        return
+    port = free_port()
+    runner = await serve(app, "127.0.0.1", port, front=front)
+    live = LiveClient(port)
     try:
-        yield Gateway(provider, settings, client)
+        yield Gateway(provider, settings, live, getattr(runner, "front", None))
     finally:
-        await client.close()
+        await live.close()
+        await runner.cleanup()
 
 
 @dataclass

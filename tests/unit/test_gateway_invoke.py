@@ -1,4 +1,4 @@
-"""The invocation proxy against real aiohttp "watchdogs" on loopback."""
+"""The invocation proxy against real aiohttp "watchdogs" on loopback, through serve() with and without the front."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ FN = "/function/fn1.openfaas-fn"
 
 
 @pytest.fixture
-async def wd_gw(tmp_path: Path) -> AsyncIterator[tuple[Watchdog, Gateway]]:
-    async with running_watchdog() as (wd, endpoint), running_gateway(tmp_path) as gw:
+async def wd_gw(tmp_path: Path, front: bool) -> AsyncIterator[tuple[Watchdog, Gateway]]:
+    async with running_watchdog() as (wd, endpoint), running_gateway(tmp_path, front=front) as gw:
         gw.deploy("fn1", endpoint=endpoint)
         yield wd, gw
 
@@ -89,7 +89,7 @@ async def test_expect_100_continue_is_answered_by_the_gateway(wd_gw: tuple[Watch
     assert header_values(seen, "Expect") == []
 
 
-async def test_raw_watchdog_chunked_with_trailers_and_no_content_type(tmp_path: Path) -> None:
+async def test_raw_watchdog_chunked_with_trailers_and_no_content_type(tmp_path: Path, front: bool) -> None:
     """A non-aiohttp upstream: chunked framing is re-done by the gateway, trailers dropped, Content-Type
     falls back to the request's (faas-provider's rule)."""
 
@@ -111,7 +111,7 @@ async def test_raw_watchdog_chunked_with_trailers_and_no_content_type(tmp_path: 
     srv = await asyncio.start_server(watchdog, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
     try:
-        async with running_gateway(tmp_path) as gw:
+        async with running_gateway(tmp_path, front=front) as gw:
             gw.deploy("fn1", endpoint=Endpoint("127.0.0.1", port, "raw"))
             for _ in range(2):
                 resp = await gw.client.post(FN, data=b"x", headers={"Content-Type": "application/json"})
@@ -234,8 +234,10 @@ async def test_echo_stream_round_trip(wd_gw: tuple[Watchdog, Gateway]) -> None:
     assert await resp.read() == payload
 
 
-async def test_invoke_body_limit_is_413(tmp_path: Path) -> None:
-    async with running_watchdog() as (_, endpoint), running_gateway(tmp_path, max_invoke_body=100_000) as gw:
+async def test_invoke_body_limit_is_413(tmp_path: Path, front: bool) -> None:
+    async with running_watchdog() as (_, endpoint), running_gateway(
+        tmp_path, front=front, max_invoke_body=100_000
+    ) as gw:
         gw.deploy("fn1", endpoint=endpoint)
         declared = await gw.client.post(FN, data=b"a" * 100_001)
         assert declared.status == 413
@@ -273,8 +275,8 @@ def _closed_port() -> int:
     return port
 
 
-async def test_closed_upstream_port_is_502(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path) as gw:
+async def test_closed_upstream_port_is_502(tmp_path: Path, front: bool) -> None:
+    async with running_gateway(tmp_path, front=front) as gw:
         endpoint = Endpoint("127.0.0.1", _closed_port(), "gone")
         gw.deploy("fn1", endpoint=endpoint)
         resp = await gw.client.post(FN, data=b"x")
@@ -302,11 +304,11 @@ async def test_reset_mid_response_truncates_instead_of_pretending(wd_gw: tuple[W
     assert len(gw.provider.fake_functions.released) == 1
 
 
-async def test_upstream_timeout_is_504(tmp_path: Path) -> None:
+async def test_upstream_timeout_is_504(tmp_path: Path, front: bool) -> None:
     from faasd_py.config import Timeouts
 
     async with running_watchdog() as (wd, endpoint), running_gateway(
-        tmp_path, timeouts=Timeouts(upstream=0.2)
+        tmp_path, front=front, timeouts=Timeouts(upstream=0.2)
     ) as gw:
         gw.deploy("fn1", endpoint=endpoint)
         resp = await gw.client.get("/function/fn1/slow")
@@ -335,10 +337,10 @@ async def test_release_runs_when_the_client_goes_away(wd_gw: tuple[Watchdog, Gat
     wd.release_slow.set()
 
 
-async def test_on_invocation_hook(tmp_path: Path) -> None:
+async def test_on_invocation_hook(tmp_path: Path, front: bool) -> None:
     calls: list[tuple[str, str, int, float]] = []
     async with running_watchdog() as (_, endpoint), running_gateway(
-        tmp_path, on_invocation=lambda *a: calls.append(a)
+        tmp_path, front=front, on_invocation=lambda *a: calls.append(a)
     ) as gw:
         gw.deploy("fn1", endpoint=endpoint)
         gw.deploy("down", endpoint=Endpoint("127.0.0.1", _closed_port(), "x"))
