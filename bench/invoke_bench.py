@@ -1,10 +1,12 @@
 """Gateway overhead on the invocation hot path: direct vs through the gateway, on loopback.
 
-    .venv/bin/python -m bench.invoke_bench [--requests 2000] [--wrk-seconds 5]
+    .venv/bin/python -m bench.invoke_bench [--requests 2000] [--wrk-seconds 5] [--raw-upstream]
 
-Starts three processes (an aiohttp "watchdog", the gateway over a static provider, and the
-client), measures sequential keep-alive latency (p50/p99) with http.client, then throughput with
-wrk if it is installed. Everything listens on 127.0.0.1 only.
+Starts an upstream "watchdog", two gateways over a static provider (serve() with its front
+protocol, and with aiohttp alone) and measures all three side by side: sequential keep-alive
+latency (p50/p99) with http.client, then throughput with wrk if it is installed. The default
+upstream is an aiohttp echo server; ``--raw-upstream`` uses a minimal asyncio one whose own cost
+is small enough that the gateway's shows. Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 from bench.static_gateway import StaticProvider, run_echo_upstream
 from tests.infra import free_port, wait_port
@@ -40,7 +43,38 @@ def run_upstream(port: int) -> None:
     run_echo_upstream(port)
 
 
-def run_gateway(port: int, upstream_port: int, state_dir: str) -> None:
+class _RawEcho(asyncio.Protocol):
+    """Answers each request with its body (or "hello"); Content-Length framing only, as the bench sends."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            length = 0
+            for line in self.buf[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buf) < end + 4 + length:
+                return
+            body = self.buf[end + 4:end + 4 + length] or b"hello"
+            self.buf = self.buf[end + 4 + length:]
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%b"
+                                 % (len(body), body))
+
+
+def run_raw_upstream(port: int) -> None:
+    async def serve_forever() -> None:
+        server = await asyncio.get_running_loop().create_server(_RawEcho, "127.0.0.1", port)
+        await server.serve_forever()
+
+    asyncio.run(serve_forever())
+
+
+def run_gateway(port: int, upstream_port: int, state_dir: str, front: bool = True) -> None:
     from aiohttp import web
 
     from faasd_py.config import Settings
@@ -59,7 +93,7 @@ def run_gateway(port: int, upstream_port: int, state_dir: str) -> None:
 
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        runner = await serve(app, "127.0.0.1", port)
+        runner = await serve(app, "127.0.0.1", port, front=front)
         try:
             await stop.wait()
         finally:
@@ -109,40 +143,53 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--uvloop", action="store_true", help="run upstream and gateway on uvloop")
+    parser.add_argument("--raw-upstream", action="store_true", help="a minimal asyncio upstream instead of aiohttp")
+    parser.add_argument("--uvloop", action="store_true", help="run upstream and gateways on uvloop")
     parser.add_argument("args", nargs="*")
     a = parser.parse_args()
     if a.role == "upstream":
         run_upstream(int(a.args[0]))
         return
+    if a.role == "raw-upstream":
+        run_raw_upstream(int(a.args[0]))
+        return
     if a.role == "gateway":
-        run_gateway(int(a.args[0]), int(a.args[1]), a.args[2])
+        run_gateway(int(a.args[0]), int(a.args[1]), a.args[2], front=a.args[3] == "front")
         return
 
     if a.uvloop:
         os.environ["INVOKE_BENCH_UVLOOP"] = "1"
-    up_port, gw_port = free_port(), free_port()
+    up_port = free_port()
+    gateways = {"aiohttp only": free_port(), "front": free_port()}
     procs = []
     with tempfile.TemporaryDirectory() as state:
         try:
             me = [sys.executable, "-m", "bench.invoke_bench"]
-            procs.append(subprocess.Popen([*me, "upstream", str(up_port)]))
-            procs.append(subprocess.Popen([*me, "gateway", str(gw_port), str(up_port), state]))
-            wait_port(up_port)
-            wait_port(gw_port)
+            procs.append(subprocess.Popen([*me, "raw-upstream" if a.raw_upstream else "upstream", str(up_port)]))
+            for label, port in gateways.items():
+                mode = "front" if label == "front" else "aiohttp"
+                procs.append(subprocess.Popen([*me, "gateway", str(port), str(up_port), state, mode]))
+            for port in (up_port, *gateways.values()):
+                wait_port(port)
             gw_path = "/function/bench.openfaas-fn"
             for round_ in range(2):
                 direct = sequential(up_port, "/", a.requests)
-                via = sequential(gw_port, gw_path, a.requests)
-                d50, d99, g50, g99 = pct(direct, .5), pct(direct, .99), pct(via, .5), pct(via, .99)
-                print(f"round {round_}: sequential {a.requests} POST  direct p50 {d50:.3f} ms p99 {d99:.3f} ms | "
-                      f"gateway p50 {g50:.3f} ms p99 {g99:.3f} ms | overhead p50 {g50 - d50:.3f} ms "
-                      f"(mean {1000 * (statistics.mean(via) - statistics.mean(direct)):.3f} ms)")
+                d50 = pct(direct, .5)
+                line = [f"round {round_}: {a.requests} sequential POSTs, direct p50 {d50:.3f} ms p99 "
+                        f"{pct(direct, .99):.3f} ms"]
+                for label, port in gateways.items():
+                    via = sequential(port, gw_path, a.requests)
+                    g50 = pct(via, .5)
+                    line.append(f"{label}: p50 {g50:.3f} p99 {pct(via, .99):.3f} overhead p50 {g50 - d50:.3f} ms "
+                                f"(mean {1000 * (statistics.mean(via) - statistics.mean(direct)):.3f})")
+                print(" | ".join(line))
             if shutil.which("wrk"):
                 rd = wrk(up_port, "/", a.wrk_seconds, a.connections)
-                rg = wrk(gw_port, gw_path, a.wrk_seconds, a.connections)
-                print(f"wrk -c{a.connections} GET: direct {rd:.0f} req/s | gateway {rg:.0f} req/s | "
-                      f"{100 * rg / rd:.0f} % of direct")
+                parts = [f"wrk -c{a.connections} GET: direct {rd:.0f} req/s"]
+                for label, port in gateways.items():
+                    rg = wrk(port, gw_path, a.wrk_seconds, a.connections)
+                    parts.append(f"{label} {rg:.0f} req/s ({100 * rg / rd:.0f} % of direct)")
+                print(" | ".join(parts))
         finally:
             for p in procs:
                 p.terminate()
