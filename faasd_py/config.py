@@ -108,6 +108,7 @@ class Settings:
     metrics_port: int = 8082
     max_json_body: int = 1 << 20  # /system request bodies
     max_invoke_body: int = 64 << 20  # /function request bodies
+    fast_invoke: bool = True  # plain /function calls served by gateway/front.py; False: all through aiohttp
     log_level: str = "info"
     journald: bool = True  # send function output to journald (else only drained)
     compose_file: str = ""  # the core services; empty = <state_dir>/docker-compose.yaml

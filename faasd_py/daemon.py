@@ -151,7 +151,7 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = await serve(daemon.app, settings.host, settings.port)
+    runner = await serve(daemon.app, settings.host, settings.port, front=settings.fast_invoke)
     log.info("gateway listening on %s:%d", settings.host, settings.port)
     metrics_host, also = metrics_addresses(settings)
     metrics_runner = await serve(daemon.metrics_app, metrics_host, settings.metrics_port, also=also)

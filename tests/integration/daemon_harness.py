@@ -87,7 +87,8 @@ class DaemonHandle:
 
     async def start(self) -> None:
         self.daemon = await build(self.settings)
-        self.runner = await serve(self.daemon.app, self.settings.host, self.settings.port)
+        self.runner = await serve(self.daemon.app, self.settings.host, self.settings.port,
+                                  front=self.settings.fast_invoke)
         self.metrics_runner = await serve(self.daemon.metrics_app, "127.0.0.1", self.settings.metrics_port)
         if self.daemon.queue is not None:
             self.daemon.queue.start()

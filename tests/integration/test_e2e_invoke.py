@@ -61,6 +61,9 @@ async def test_deploy_is_put_404_then_post_202_and_the_function_is_ready_when_it
 
 
 async def test_invoke_echoes_the_body_with_and_without_namespace(daemon: DaemonHandle) -> None:
+    front = getattr(daemon.runner, "front", None)
+    assert front is not None  # the daemon's default: plain calls go through gateway/front.py
+    served = front.served
     for target in ("echo.openfaas-fn", "echo"):
         status, out = await daemon.invoke(target, "grüß dich".encode())
         assert (status, out) == (200, "grüß dich".encode()), target
@@ -70,6 +73,7 @@ async def test_invoke_echoes_the_body_with_and_without_namespace(daemon: DaemonH
     assert status == 404, out
     status, out = await daemon.invoke("echo.other-ns", b"x")
     assert status == 404, out
+    assert front.served - served == 5
 
 
 async def test_a_10_mib_body_streams_through(daemon: DaemonHandle) -> None:
