@@ -22,6 +22,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
@@ -37,7 +38,7 @@ from faasd_py.gateway.invoke import (
     request_head,
     split_function_name,
 )
-from faasd_py.gateway.upstream import Response, UpstreamError
+from faasd_py.gateway.upstream import Response, UpstreamError, lower_name
 from faasd_py.provider.contract import Endpoint
 
 log = logging.getLogger(__name__)
@@ -50,31 +51,25 @@ PIPELINE_LIMIT = 256 * 1024  # bytes buffered behind a call in progress before r
 _REQUEST_LINE = re.compile(
     r"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) /function/([-a-zA-Z_0-9.]+)((?:[/?][!-~]*)?) HTTP/1\.1"
 )
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2
 # Control characters other than HTAB, and CR or LF outside a CRLF pair (bare LF is a smuggling vector).
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 # Headers that need negotiation or change the framing: aiohttp's to handle.
 _HANDED_OVER = frozenset({"transfer-encoding", "upgrade", "expect", "http2-settings"})
 _LOOKED_AT = _HANDED_OVER | {"content-length", "host", "connection", "content-type"}
-_NAMES: dict[str, str] = {}  # header name -> lower case, validated once; bounded like upstream's
-_NAMES_MAX = 4096
 
 
+@dataclass(slots=True)
 class Call:
     """One parsed request head."""
 
-    __slots__ = ("close", "content_type", "headers", "host", "length", "method", "name", "target")
-
-    def __init__(self, method: str, name: str, target: str, headers: list[tuple[str, str]], host: str,
-                 length: int, close: bool, content_type: str | None) -> None:
-        self.method = method
-        self.name = name
-        self.target = target
-        self.headers = headers
-        self.host = host
-        self.length = length
-        self.close = close
-        self.content_type = content_type
+    method: str
+    name: str  # the route's name segment: fn or fn.namespace
+    target: str  # what the watchdog is asked for: the rest of the path and the query
+    headers: list[tuple[str, str]]
+    host: str
+    length: int
+    close: bool
+    content_type: str | None
 
 
 def parse_head(head: str, max_body: int) -> Call | None:
@@ -97,17 +92,10 @@ def parse_head(head: str, max_body: int) -> Call | None:
     length: int | None = None
     close = False
     content_type: str | None = None
-    names = _NAMES
     for line in lines[1:]:
         key, sep, value = line.partition(":")
-        lower = names.get(key)
-        if lower is None:
-            if _TOKEN.fullmatch(key) is None:
-                return None
-            lower = key.lower()
-            if len(names) < _NAMES_MAX:
-                names[key] = lower
-        if not sep:
+        lower = lower_name(key)
+        if lower is None or not sep:
             return None
         value = value.strip(" \t")
         if lower in _LOOKED_AT:
@@ -340,6 +328,9 @@ class FrontConnection(asyncio.Protocol):
                 status = await self._relay(call, body, endpoint, f"{name}.{namespace}")
             finally:
                 proxy.finish(name, namespace, endpoint, status, started)
+            drain = self._drain
+            if drain is not None:
+                await drain  # a client that does not read its answers gets no more of them (pipelining)
         except Exception:
             log.exception("%s /function/%s failed", call.method, call.name)
             self._keep = False

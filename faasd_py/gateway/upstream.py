@@ -572,6 +572,18 @@ _NAMES_MAX = 4096
 _SPECIAL = HOP_BY_HOP | {"content-length"}
 
 
+def lower_name(name: str) -> str | None:
+    """A header name in lower case, or None if it is not a token; each distinct valid name is checked once."""
+    lower = _NAMES.get(name)
+    if lower is None:
+        if _TOKEN.fullmatch(name) is None:
+            return None
+        lower = name.lower()
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[name] = lower
+    return lower
+
+
 def _parse_head(head: bytes) -> tuple[int, str, list[tuple[str, str]], int | None, bool, bool]:
     """Status line and end-to-end headers; raises ValueError for anything we would not forward faithfully."""
     try:
@@ -591,16 +603,11 @@ def _parse_head(head: bytes) -> tuple[int, str, list[tuple[str, str]], int | Non
     length: int | None = None
     chunked = False
     listed: set[str] | None = None  # extra hop-by-hop names from Connection
-    names = _NAMES
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        lower = names.get(name)
+        lower = lower_name(name)
         if lower is None:
-            if _TOKEN.fullmatch(name) is None:
-                raise ValueError(f"bad header line {line[:40]!r}")
-            lower = name.lower()
-            if len(names) < _NAMES_MAX:
-                names[name] = lower
+            raise ValueError(f"bad header line {line[:40]!r}")
         if not sep:
             raise ValueError(f"bad header line {line[:40]!r}")
         value = value.strip(" \t")

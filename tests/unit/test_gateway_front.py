@@ -15,6 +15,7 @@ import pytest
 
 from faasd_py.gateway.front import Call, parse_head
 from faasd_py.gateway.invoke import SMALL_BODY
+from faasd_py.provider.contract import Endpoint
 from tests.unit.gateway_support import AUTH, Gateway, Watchdog, running_gateway, running_watchdog
 
 MAX_BODY = 1 << 20
@@ -270,3 +271,43 @@ async def test_shutdown_lets_a_call_in_progress_finish_and_closes_idle_connectio
         assert await asyncio.wait_for(busy_reader.read(), 5) == b""
         idle_writer.close()
         busy_writer.close()
+
+
+async def test_a_client_that_does_not_read_stops_getting_answers(tmp_path: Path, front: bool) -> None:
+    """Pipelined calls whose answers pile up unread: the gateway stops calling the function (flow control),
+    and every answer still arrives, in order, once the client reads. As aiohttp does, so both run."""
+    calls, size = 1000, 32 * 1024  # answers small enough to arrive whole: one write each, no streaming
+    answered = 0
+
+    async def watchdog(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                answered += 1
+                body = b"%08d" % answered * (size // 8)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(watchdog, "127.0.0.1", 0)
+    try:
+        async with running_gateway(tmp_path, front=front) as gw:
+            gw.deploy("fn1", endpoint=Endpoint("127.0.0.1", srv.sockets[0].getsockname()[1], "raw"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port, limit=1 << 20)
+            try:
+                writer.write(b"GET /function/fn1 HTTP/1.1\r\nHost: gw\r\n\r\n" * calls)
+                await asyncio.sleep(1.0)
+                assert answered < calls / 2, answered  # not all 32 MiB produced for nobody
+                for i in range(1, calls + 1):
+                    status, _, body = await read_response(reader)
+                    assert status == 200 and body == b"%08d" % i * (size // 8)
+            finally:
+                writer.close()
+            assert answered == calls
+    finally:
+        srv.close()
+        await srv.wait_closed()
