@@ -7,12 +7,14 @@ needs it (one runner, graceful exit that lets in-flight invocations finish).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from faasd_py.config import Settings
@@ -175,6 +177,23 @@ class _GatewayRunner(web.AppRunner):
             await self.front.shutdown(self._grace)
 
 
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs each malformed request at ERROR with a traceback, so any client could flood the
+    journal; the client gets its 400 either way. Those records become one DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= (exc.code or 0) < 500:
+            return True
+        record.msg, record.args = "%s: %s", (record.getMessage(), exc.message.splitlines()[0] if exc.message else "")
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info = record.exc_text = None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_QUIET_BAD_REQUESTS = _QuietBadRequests()
+
+
 async def serve(
     app: web.Application, host: str, port: int, *, also: Sequence[str] = (), front: bool = True
 ) -> web.AppRunner:
@@ -186,6 +205,7 @@ async def serve(
     ``front``: simple invocations are served by :mod:`faasd_py.gateway.front` (apps with /function/
     routes only); False leaves every request to aiohttp.
     """
+    logging.getLogger("aiohttp.server").addFilter(_QUIET_BAD_REQUESTS)  # a filter already there is not added twice
     settings = app[SETTINGS]
     grace = settings.timeouts.upstream
     proxy = app.get(INVOKE)

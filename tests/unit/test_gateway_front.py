@@ -8,6 +8,9 @@ framing of streamed responses, and shutdown.
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -311,3 +314,54 @@ async def test_a_client_that_does_not_read_stops_getting_answers(tmp_path: Path,
     finally:
         srv.close()
         await srv.wait_closed()
+
+
+_SEEDS = [
+    b"POST /function/fn1/a?b=1 HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabc",
+    b"GET /function/fn1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    b"PUT /function/fn1.openfaas-fn/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+]
+_PIECES = [b"\r", b"\n", b"\r\n", b":", b" ", b"\t", b"\x00", b"\xff", b"0", b"-", b"/", b".", b"?", b"#", b"%",
+           b"\x7f", b"Content-Length: 1\r\n", b"Transfer-Encoding: chunked\r\n", b"\r\n\r\n"]
+
+
+def _mutant(rng: random.Random) -> bytes:
+    data = bytearray(rng.choice(_SEEDS))
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(data))
+        op = rng.random()
+        if op < 0.4:
+            data[i:i] = rng.choice(_PIECES)
+        elif op < 0.7:
+            del data[i:i + rng.randint(1, 4)]
+        else:
+            data[i] = rng.randrange(256)
+    return bytes(data)
+
+
+async def test_mangled_requests_get_an_answer_or_a_close_and_break_nothing(
+    wd_gw: tuple[Watchdog, Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 seeded mutations of valid requests: each gets a well-formed answer or a closed connection, the loop
+    sees no unhandled error, nothing is logged above INFO, and the gateway serves normally afterwards."""
+    _, gw = wd_gw
+    loop_errors: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: loop_errors.append(context))
+    rng = random.Random(20261122)
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(300):
+                reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+                writer.write(_mutant(rng))
+                writer.write_eof()
+                answer = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                assert answer == b"" or re.match(rb"HTTP/1\.[01] [1-5][0-9]{2} ", answer), answer[:80]
+    finally:
+        loop.set_exception_handler(None)
+    assert loop_errors == []
+    assert [r.getMessage() for r in caplog.records if r.levelno > logging.INFO] == []
+    assert gw.front is not None and gw.front.served > 0 and gw.front.handed_over > 0  # both paths were taken
+    resp = await gw.client.post("/function/fn1", data=b"still fine")
+    assert resp.status == 200 and (await resp.json())["body"] == "still fine"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -16,7 +18,7 @@ from tests.infra import free_port
 from tests.unit.gateway_support import AUTH, make_settings, running_watchdog
 
 
-async def test_graceful_shutdown_lets_in_flight_invocations_finish(tmp_path: Path) -> None:
+async def test_graceful_shutdown_lets_in_flight_invocations_finish(tmp_path: Path, front: bool) -> None:
     settings = make_settings(tmp_path)
     provider = FakeProvider()
     async with running_watchdog() as (wd, endpoint):
@@ -24,7 +26,8 @@ async def test_graceful_shutdown_lets_in_flight_invocations_finish(tmp_path: Pat
 
         provider.fake_functions.add(FunctionDeployment(service="fn1", image="x"), endpoint)
         port = free_port()
-        runner = await serve(build_app(provider, settings, Credentials.load(settings)), "127.0.0.1", port)
+        runner = await serve(build_app(provider, settings, Credentials.load(settings)), "127.0.0.1", port,
+                             front=front)
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as client:
             assert (await client.get(f"{base}/system/info", headers=AUTH)).status == 200
@@ -93,3 +96,27 @@ async def test_request_bodies_are_forwarded_as_sent_not_inflated(tmp_path: Path)
     finally:
         await runner.cleanup()
         await server.close()
+
+
+async def test_a_malformed_request_is_a_400_and_one_debug_line_not_a_logged_traceback(
+    tmp_path: Path, front: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path)
+    port = free_port()
+    runner = await serve(build_app(FakeProvider(), settings, Credentials.load(settings)), "127.0.0.1", port,
+                         front=front)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            for bad in (b"GET /function/fn1 HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n",
+                        b"GET /system/info\x00 HTTP/1.1\r\nHost: x\r\n\r\n"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(bad)
+                answer = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                assert answer.split(b" ", 2)[1] == b"400", answer
+    finally:
+        await runner.cleanup()
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(records) == 2
+    assert all(r.levelno == logging.DEBUG and r.exc_info is None for r in records)
+    assert all(r.getMessage().startswith("Error handling request from 127.0.0.1: ") for r in records)
