@@ -1,8 +1,8 @@
 """The gateway port's own connection protocol: plain /function/ calls without aiohttp's request machinery.
 
 Per call, aiohttp's server spends more CPU around a handler (request, router, middleware and
-response objects) than the proxy spends in it; on 2 vCPUs that was about half the gateway's
-latency and most of its throughput ceiling. :class:`FrontConnection` serves the common case
+response objects) than the proxy spends in it: a quarter to a half of the daemon's CPU per call,
+measured side by side (docs/benchmarks.md, "The front protocol"). :class:`FrontConnection` serves the common case
 itself: HTTP/1.1, a ``/function/`` target, no body or a small one with a Content-Length, nothing
 to negotiate (no Expect, Upgrade or Transfer-Encoding). It goes through the same
 :class:`InvokeProxy` (resolve, pool, metrics hooks, header rules) as aiohttp's route.
