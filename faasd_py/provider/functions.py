@@ -72,7 +72,6 @@ MAX_REPLICAS = 20  # per function on one host; a typo of 1000 must not fork-bomb
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 BACKOFF_RESET = 120.0  # seconds of healthy running after which the backoff starts over
 _INSTANCE_ID = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?-[0-9a-f]{8}$")  # new_instance_id()'s shape
-OOM_WINDOW = 2.0  # an exit this soon after an OOM event of the same container counts as OOMKilled
 RESYNC_QUIET = 0.25  # seconds without a call before containerd is told of a wake through the freezer
 RESYNC_WAIT = 5.0  # ... waited for at most this long: a function that is never quiet meets it once
 
@@ -730,7 +729,7 @@ class FunctionManager:
             return
         if topic.endswith("/oom"):
             # cgroup v1 reports OOM per container: a killed child (a classic fprocess) is not the task
-            inst.oom_at = time.monotonic()
+            inst.record_oom(time.monotonic())
             return
         if getattr(payload, "id", cid) not in ("", cid):
             return  # an exec process, not the task itself
@@ -741,10 +740,7 @@ class FunctionManager:
         inst.ready = False
         expected = inst.stopping or inst.restarting or inst.parked
         if not expected:
-            status = getattr(payload, "exit_status", 0)
-            oom = status == 137 and time.monotonic() - inst.oom_at < OOM_WINDOW
-            inst.last_exit = "OOMKilled" if oom else f"exit status {status}"
-            inst.last_exit_at = time.monotonic()
+            inst.record_exit(getattr(payload, "exit_status", 0), time.monotonic())
         fn = self._table.get((namespace, inst.function))
         if fn is not None and inst in fn.instances:
             fn.refresh_endpoints()

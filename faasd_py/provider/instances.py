@@ -74,6 +74,10 @@ class FunctionRecord:
         )
 
 
+OOM_WINDOW = 2.0  # an exit (137) and an OOM event of the same container this close together: OOMKilled
+OOM_KILLED = "OOMKilled"
+
+
 @dataclass(eq=False)
 class Instance:
     namespace: str
@@ -106,6 +110,18 @@ class Instance:
     @property
     def netkey(self) -> str:
         return f"{self.namespace}-{self.id}"
+
+    def record_exit(self, status: int, now: float) -> None:
+        """An unexpected exit of the task; 137 soon after an OOM event of the container is OOMKilled."""
+        oom = status == 137 and now - self.oom_at < OOM_WINDOW
+        self.last_exit = OOM_KILLED if oom else f"exit status {status}"
+        self.last_exit_at = now
+
+    def record_oom(self, now: float) -> None:
+        """An OOM event. The shim reports it and the exit independently, so it may come second."""
+        self.oom_at = now
+        if self.last_exit == "exit status 137" and now - self.last_exit_at < OOM_WINDOW:
+            self.last_exit = OOM_KILLED
 
     @property
     def cgroup(self) -> str:

@@ -6,6 +6,7 @@ import pytest
 
 from faasd_py.errors import InvalidRequest
 from faasd_py.provider.functions import MAX_REPLICAS, _check_replica_labels, _max_replicas, _min_replicas
+from faasd_py.provider.instances import OOM_WINDOW, Instance
 from faasd_py.types import FunctionDeployment, FunctionStatus, RuntimeState
 
 
@@ -44,3 +45,39 @@ def test_the_faasd_field_is_added_only_when_known() -> None:
     full = FunctionStatus(deployment=dep(), runtime=RuntimeState("crashloop", 3, "OOMKilled", 2)).to_json()
     assert full["faasd"] == {"state": "crashloop", "restarts": 3, "lastExit": "OOMKilled", "wakes": 2}
     assert full["name"] == "f" and full["replicas"] == 0  # the OpenFaaS fields are unchanged
+
+
+def _instance() -> Instance:
+    return Instance(namespace="openfaas-fn", function="fn", id="fn-0", generation=1)
+
+
+@pytest.mark.parametrize("oom_first", [True, False], ids=["oom-then-exit", "exit-then-oom"])
+def test_an_oom_kill_is_named_whichever_event_comes_first(oom_first: bool) -> None:
+    """containerd's shim reports the OOM and the exit independently; CI once saw the exit first."""
+    inst = _instance()
+    if oom_first:
+        inst.record_oom(100.0)
+        inst.record_exit(137, 100.1)
+    else:
+        inst.record_exit(137, 100.0)
+        assert inst.last_exit == "exit status 137"
+        inst.record_oom(100.1)
+    assert inst.last_exit == "OOMKilled"
+    assert inst.last_exit_at == (100.1 if oom_first else 100.0)
+
+
+def test_an_oom_event_far_from_the_exit_or_another_status_is_not_an_oom_kill() -> None:
+    late = _instance()
+    late.record_exit(137, 100.0)  # SIGKILL from elsewhere
+    late.record_oom(100.0 + OOM_WINDOW + 1)  # a child's OOM, much later
+    assert late.last_exit == "exit status 137"
+
+    other = _instance()
+    other.record_exit(1, 100.0)
+    other.record_oom(100.1)
+    assert other.last_exit == "exit status 1"
+
+    old = _instance()
+    old.record_oom(100.0)
+    old.record_exit(137, 100.0 + OOM_WINDOW + 1)
+    assert old.last_exit == "exit status 137"
