@@ -351,14 +351,10 @@ class FrontConnection(asyncio.Protocol):
         lines.append("\r\n")
         head = "".join(lines).encode("utf-8", "surrogateescape")
         try:
-            conn, upstream = await proxy.send(endpoint, call.method, head, body or None)
-        except TimeoutError:
-            self._fail(504, f"timeout calling {key}")
-            return 504
-        except UpstreamError as exc:
-            log.debug("upstream %s failed: %s", key, exc)
-            self._fail(502, f"can't reach service for: {key}")
-            return 502
+            conn, upstream = await proxy.send(endpoint, key, call.method, head, body or None)
+        except ProxyFailure as exc:
+            self._fail(exc.status, exc.message)
+            return exc.status
         try:
             headers = reply_headers(upstream.headers, call_id, start_time, call.content_type)
             complete = upstream.body_if_complete()

@@ -120,17 +120,19 @@ def request_head(
     Returns the lines, the call id the function sees (the client's own X-Call-Id wins) and the
     X-Start-Time it was given. Hop-by-hop headers, and those a ``Connection`` header lists, stay here.
     """
-    pairs = headers if isinstance(headers, list) else list(headers)
-    drop = _NOT_FORWARDED
-    for k, v in pairs:
-        if k.lower() == "connection":
-            drop = drop | _connection_tokens(v)
+    kept: list[tuple[str, str, str]] = []
+    listed: frozenset[str] = frozenset()  # names a Connection header lists: hop-by-hop too
+    for k, v in headers:
+        lower = k.lower()
+        if lower == "connection":
+            listed = listed | _connection_tokens(v)
+        elif lower not in _NOT_FORWARDED:
+            kept.append((k, v, lower))
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {endpoint.host}:{endpoint.port}\r\n"]
     seen_call_id: str | None = None
     forwarded_for = forwarded_host = False
-    for k, v in pairs:
-        lower = k.lower()
-        if lower in drop:
+    for k, v, lower in kept:
+        if lower in listed:
             continue
         lines.append(f"{k}: {v}\r\n")
         if lower == "x-call-id":
@@ -237,14 +239,24 @@ class InvokeProxy:
             self._on_invocation(name, namespace, status, time.perf_counter() - started)
 
     async def send(
-        self, endpoint: Endpoint, method: str, head: bytes, body: bytes | AsyncIterable[bytes] | None,
+        self, endpoint: Endpoint, key: str, method: str, head: bytes, body: bytes | AsyncIterable[bytes] | None,
         chunked: bool = False,
     ) -> tuple[Connection, Response]:
-        """One exchange on a pooled connection, bounded by ``timeouts.upstream``; see :meth:`Pool.request`."""
-        return await self._pool.request(
-            endpoint.host, endpoint.port, head, body, deadline=asyncio.get_running_loop().time() + self._timeout,
-            chunked=chunked, head_only=method == "HEAD", retry_stale=method in _IDEMPOTENT,
-        )
+        """One exchange on a pooled connection, bounded by ``timeouts.upstream``; see :meth:`Pool.request`.
+
+        A watchdog that does not answer in time is a 504, one that cannot be reached a 502
+        (:class:`ProxyFailure`, ``key`` names the function). Errors of a streamed request body pass as raised.
+        """
+        try:
+            return await self._pool.request(
+                endpoint.host, endpoint.port, head, body, deadline=asyncio.get_running_loop().time() + self._timeout,
+                chunked=chunked, head_only=method == "HEAD", retry_stale=method in _IDEMPOTENT,
+            )
+        except TimeoutError:
+            raise ProxyFailure(504, f"timeout calling {key}") from None
+        except UpstreamError as exc:
+            log.debug("upstream %s failed: %s", key, exc)
+            raise ProxyFailure(502, f"can't reach service for: {key}") from None
 
     async def _forward(
         self, request: web.Request, endpoint: Endpoint, name: str, namespace: str
@@ -288,18 +300,17 @@ class InvokeProxy:
         head = "".join(lines).encode("utf-8", "surrogateescape")
 
         try:
-            conn, upstream = await self.send(endpoint, method, head, body, chunked)
-        except TimeoutError:
-            return _internal_error(504, f"timeout calling {name}.{namespace}")
+            conn, upstream = await self.send(endpoint, f"{name}.{namespace}", method, head, body, chunked)
+        except ProxyFailure as exc:
+            if exc.status == 502 and capped is not None and capped.overflow:  # we cut the body off
+                return _internal_error(413, f"request body larger than {self._max_body} bytes")
+            return _internal_error(exc.status, exc.message)
         except RequestTimeout as exc:  # the client's streamed body stalled before the function answered
             return await send_and_close(request, _internal_error(exc.status, exc.message))
         except ConnectionError:  # reading the client's body failed: it is gone
             return _internal_error(400, "the client connection was lost while sending the body")
-        except (UpstreamError, _BodyTooLarge) as exc:
-            if capped is not None and capped.overflow:
-                return _internal_error(413, f"request body larger than {self._max_body} bytes")
-            log.debug("upstream %s.%s failed: %s", name, namespace, exc)
-            return _internal_error(502, f"can't reach service for: {name}.{namespace}")
+        except _BodyTooLarge:
+            return _internal_error(413, f"request body larger than {self._max_body} bytes")
 
         try:
             complete = upstream.body_if_complete()
@@ -357,12 +368,9 @@ class InvokeProxy:
         lines.append("\r\n")
         head = "".join(lines).encode("utf-8", "surrogateescape")
         try:
-            conn, upstream = await self.send(endpoint, call.method, head, call.body or None)
-        except TimeoutError:
-            return _result(504, f"timeout calling {call.key}", started)
-        except UpstreamError as exc:
-            log.debug("upstream %s failed: %s", call.key, exc)
-            return _result(502, f"can't reach service for: {call.key}", started)
+            conn, upstream = await self.send(endpoint, call.key, call.method, head, call.body or None)
+        except ProxyFailure as exc:
+            return _result(exc.status, exc.message, started)
         try:
             body = upstream.body_if_complete()
             if body is None:

@@ -606,9 +606,7 @@ def _parse_head(head: bytes) -> tuple[int, str, list[tuple[str, str]], int | Non
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         lower = lower_name(name)
-        if lower is None:
-            raise ValueError(f"bad header line {line[:40]!r}")
-        if not sep:
+        if lower is None or not sep:
             raise ValueError(f"bad header line {line[:40]!r}")
         value = value.strip(" \t")
         if lower not in _SPECIAL:

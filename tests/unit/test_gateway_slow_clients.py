@@ -14,12 +14,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from faasd_py.gateway.app import build_app, serve
-from faasd_py.gateway.auth import Credentials
-from faasd_py.types import FunctionDeployment
+from faasd_py.config import Timeouts
 from tests.fakes import FakeProvider
-from tests.infra import free_port
-from tests.unit.gateway_support import AUTH, Watchdog, make_settings, running_watchdog
+from tests.unit.gateway_support import AUTH, Watchdog, running_gateway, running_watchdog
 
 READ_TIMEOUT = 0.5
 AUTH_LINE = f"Authorization: {AUTH['Authorization']}\r\n"
@@ -34,18 +31,11 @@ class Setup:
 
 @asynccontextmanager
 async def gateway(tmp_path: Path, front: bool) -> AsyncIterator[Setup]:
-    settings = make_settings(tmp_path)
-    settings.timeouts.read = READ_TIMEOUT
-    provider = FakeProvider()
-    async with running_watchdog() as (wd, endpoint):
-        provider.fake_functions.add(FunctionDeployment(service="fn1", image="x"), endpoint)
-        port = free_port()
-        runner = await serve(build_app(provider, settings, Credentials.load(settings)), "127.0.0.1", port,
-                             front=front)
-        try:
-            yield Setup(port, wd, provider)
-        finally:
-            await runner.cleanup()
+    async with running_watchdog() as (wd, endpoint), running_gateway(
+        tmp_path, front=front, timeouts=Timeouts(read=READ_TIMEOUT)
+    ) as gw:
+        gw.deploy("fn1", endpoint=endpoint)
+        yield Setup(gw.client.port, wd, gw.provider)
 
 
 async def exchange(port: int, *parts: bytes, pause: float = 0.0) -> tuple[bytes, float]:
